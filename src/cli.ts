@@ -1,0 +1,79 @@
+// `ocirelay <command> [flags]`. Only `serve` exists for now; admin commands come with the admin API.
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig } from './config.ts';
+import { startProxy } from './main.ts';
+
+const USAGE = `usage: ocirelay serve [--config FILE] [--listen HOST:PORT] [--data-dir DIR]
+
+  --config FILE       YAML config (env OCIRELAY_CONFIG)
+  --listen HOST:PORT  listen address, default 0.0.0.0:5000 (env OCIRELAY_LISTEN)
+  --data-dir DIR      cache directory, default ./data (env OCIRELAY_DATA_DIR)
+`;
+
+export async function runCli(argv: string[]): Promise<number> {
+  const [cmd = 'serve', ...rest] = argv;
+  if (cmd === '--help' || cmd === '-h' || cmd === 'help') {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (cmd !== 'serve') {
+    process.stderr.write(`ocirelay: unknown command "${cmd}"\n${USAGE}`);
+    return 2;
+  }
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: rest,
+      options: {
+        config: { type: 'string' },
+        listen: { type: 'string' },
+        'data-dir': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+    }));
+  } catch (e) {
+    process.stderr.write(`ocirelay: ${(e as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  let config;
+  try {
+    config = loadConfig({
+      ...(values.config !== undefined ? { file: values.config } : {}),
+      flags: { ...(values.listen !== undefined ? { listen: values.listen } : {}), ...(values['data-dir'] !== undefined ? { dataDir: values['data-dir'] } : {}) },
+    });
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`ocirelay: ${e.message}\n`);
+      return 2;
+    }
+    throw e;
+  }
+  let proxy;
+  try {
+    proxy = await startProxy(config);
+  } catch (e) {
+    process.stderr.write(`ocirelay: cannot start: ${(e as Error).message}\n`);
+    return 1;
+  }
+  const running = proxy;
+  await new Promise<void>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) {
+        running.logger.warn({ signal }, 'second signal: exiting now');
+        process.exit(1);
+      }
+      stopping = true;
+      running.logger.info({ signal }, 'signal received');
+      void running.close().then(resolve);
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+  return 0;
+}

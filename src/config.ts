@@ -1,0 +1,278 @@
+// The only reader of config files and the environment. Produces one validated, frozen Config.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+
+export interface RegistryConfig {
+  /** The key clients use (`?ns=`, path prefix), e.g. `docker.io`. Never an address to connect to. */
+  readonly name: string;
+  readonly url: string;
+  readonly username?: string;
+  readonly password?: string;
+  readonly tagTtlMs: number;
+}
+
+export interface Config {
+  readonly listen: { readonly host: string; readonly port: number };
+  readonly dataDir: string;
+  readonly defaultRegistry: string;
+  readonly registries: ReadonlyMap<string, RegistryConfig>;
+  readonly cache: { readonly maxBytes: number; readonly memoryBytes: number };
+  readonly upstream: {
+    readonly connectTimeoutMs: number;
+    readonly headersTimeoutMs: number;
+    readonly idleTimeoutMs: number;
+    readonly retries: number;
+    readonly breakerMaxFails: number;
+    readonly breakerResetMs: number;
+  };
+  readonly log: { readonly level: string };
+  readonly shutdownGraceMs: number;
+}
+
+export const BUILTIN_REGISTRIES: Readonly<Record<string, string>> = {
+  'docker.io': 'https://registry-1.docker.io',
+  'ghcr.io': 'https://ghcr.io',
+  'quay.io': 'https://quay.io',
+  'registry.k8s.io': 'https://registry.k8s.io',
+  'gcr.io': 'https://gcr.io',
+  'public.ecr.aws': 'https://public.ecr.aws',
+  'mcr.microsoft.com': 'https://mcr.microsoft.com',
+};
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+const SIZE_UNITS: Record<string, number> = {
+  '': 1, b: 1,
+  k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9, t: 1e12, tb: 1e12,
+  ki: 2 ** 10, kib: 2 ** 10, mi: 2 ** 20, mib: 2 ** 20, gi: 2 ** 30, gib: 2 ** 30, ti: 2 ** 40, tib: 2 ** 40,
+};
+
+/** `50GiB`, `512MB`, `1048576` -> bytes. */
+export function parseSize(v: string | number): number {
+  if (typeof v === 'number') {
+    if (!Number.isSafeInteger(v) || v < 0) throw new Error(`must be a whole number of bytes, got ${v}`);
+    return v;
+  }
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(v);
+  const unit = m ? SIZE_UNITS[(m[2] ?? '').toLowerCase()] : undefined;
+  if (!m || unit === undefined) throw new Error(`"${v}" is not a size (examples: 512MiB, 50GiB, 1000000)`);
+  return Math.floor(Number(m[1]) * unit);
+}
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** `5m`, `30s`, `1h30m`, `250ms`; a bare number is seconds. */
+export function parseDuration(v: string | number): number {
+  if (typeof v === 'number') {
+    if (!Number.isFinite(v) || v < 0) throw new Error(`must be a non-negative number of seconds, got ${v}`);
+    return Math.round(v * 1000);
+  }
+  const s = v.trim();
+  if (/^\d+(\.\d+)?$/.test(s)) return Math.round(Number(s) * 1000);
+  const re = /(\d+(?:\.\d+)?)(ms|s|m|h|d)/gy;
+  let total = 0;
+  let consumed = 0;
+  let m: RegExpExecArray | null;
+  while ((m = re.exec(s)) !== null) {
+    total += Number(m[1]) * (DURATION_UNITS[m[2] ?? ''] ?? 0);
+    consumed = re.lastIndex;
+  }
+  if (consumed !== s.length || s.length === 0) throw new Error(`"${v}" is not a duration (examples: 30s, 5m, 1h)`);
+  return Math.round(total);
+}
+
+/** host:port, [v6]:port or :port. */
+export function parseListen(v: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]*)):(\d{1,5})$/.exec(v.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || !(port >= 0 && port <= 65535)) throw new Error(`"${v}" is not HOST:PORT (example: 0.0.0.0:5000)`);
+  return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
+}
+
+const REGISTRY_KEY_RE = /^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::\d{1,5})?$/;
+
+const size = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  try {
+    return parseSize(v);
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message });
+    return z.NEVER;
+  }
+});
+const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  try {
+    return parseDuration(v);
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message });
+    return z.NEVER;
+  }
+});
+const listen = z.string().transform((v, ctx) => {
+  try {
+    return parseListen(v);
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message });
+    return z.NEVER;
+  }
+});
+const upstreamUrl = z.string().refine(
+  (v) => {
+    try {
+      const u = new URL(v);
+      return (u.protocol === 'https:' || u.protocol === 'http:') && !u.username && !u.password && !u.search && !u.hash;
+    } catch {
+      return false;
+    }
+  },
+  { message: 'must be an http:// or https:// URL without credentials, query or fragment (put credentials in username/password)' },
+);
+
+const registrySchema = z
+  .object({
+    url: upstreamUrl,
+    username: z.string().min(1).optional(),
+    password: z.string().optional(),
+    passwordFile: z.string().min(1).optional(),
+    tagTTL: duration.optional(),
+  })
+  .strict()
+  .refine((r) => !(r.password !== undefined && r.passwordFile !== undefined), {
+    message: 'set either password or passwordFile, not both',
+  })
+  .refine((r) => r.username !== undefined || (r.password === undefined && r.passwordFile === undefined), {
+    message: 'password given without username',
+  });
+
+const fileSchema = z
+  .object({
+    listen: listen.optional(),
+    dataDir: z.string().min(1).optional(),
+    defaultRegistry: z.string().optional(),
+    registries: z.record(z.string(), registrySchema).optional(),
+    cache: z.object({ maxBytes: size.optional(), memoryBytes: size.optional() }).strict().optional(),
+    upstream: z
+      .object({
+        connectTimeout: duration.optional(),
+        headersTimeout: duration.optional(),
+        idleTimeout: duration.optional(),
+        retries: z.number().int().min(0).max(10).optional(),
+        breakerMaxFails: z.number().int().min(1).optional(),
+        breakerReset: duration.optional(),
+      })
+      .strict()
+      .optional(),
+    log: z.object({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional() }).strict().optional(),
+    shutdownGrace: duration.optional(),
+  })
+  .strict();
+
+export type ConfigFile = z.input<typeof fileSchema>;
+
+export interface ConfigSources {
+  /** Path of a YAML file (flag --config, else env OCIRELAY_CONFIG). */
+  file?: string;
+  /** Object form, for tests and embedding; merged over the file. */
+  values?: ConfigFile;
+  /** Flag overrides (already parsed from argv). */
+  flags?: { listen?: string; dataDir?: string };
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+}
+
+function formatIssues(err: z.ZodError, prefix = ''): string {
+  return err.issues
+    .map((i) => {
+      const key = [prefix, ...i.path.map(String)].filter(Boolean).join('.');
+      return `${key || '(root)'}: ${i.message}`;
+    })
+    .join('; ');
+}
+
+export function loadConfig(src: ConfigSources = {}): Config {
+  const env = src.env ?? process.env;
+  const cwd = src.cwd ?? process.cwd();
+  const file = src.file ?? env.OCIRELAY_CONFIG;
+  let fromFile: unknown = {};
+  if (file) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (e) {
+      throw new ConfigError(`cannot read config file ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    try {
+      fromFile = parseYaml(text) ?? {};
+    } catch (e) {
+      throw new ConfigError(`config file ${file} is not valid YAML: ${(e as Error).message}`);
+    }
+    if (typeof fromFile !== 'object' || Array.isArray(fromFile)) throw new ConfigError(`config file ${file}: top level must be a mapping`);
+  }
+  const merged: Record<string, unknown> = { ...(fromFile as Record<string, unknown>), ...(src.values ?? {}) };
+  const overrides: Array<[string, string | undefined]> = [
+    ['listen', src.flags?.listen ?? env.OCIRELAY_LISTEN],
+    ['dataDir', src.flags?.dataDir ?? env.OCIRELAY_DATA_DIR],
+  ];
+  for (const [k, v] of overrides) if (v !== undefined && v !== '') merged[k] = v;
+
+  const parsed = fileSchema.safeParse(merged);
+  if (!parsed.success) throw new ConfigError(`invalid config${file ? ` (${file})` : ''}: ${formatIssues(parsed.error)}`);
+  const c = parsed.data;
+
+  const defaultTagTtl = 5 * 60_000;
+  const registries = new Map<string, RegistryConfig>();
+  for (const [name, url] of Object.entries(BUILTIN_REGISTRIES)) registries.set(name, Object.freeze({ name, url, tagTtlMs: defaultTagTtl }));
+  for (const [name, r] of Object.entries(c.registries ?? {})) {
+    if (!REGISTRY_KEY_RE.test(name)) {
+      throw new ConfigError(`invalid config: registries.${name}: registry keys are lower-case host names with an optional :port (example: ghcr.io)`);
+    }
+    let password = r.password;
+    if (r.passwordFile !== undefined) {
+      try {
+        password = readFileSync(path.resolve(cwd, r.passwordFile), 'utf8').replace(/\r?\n$/, '');
+      } catch (e) {
+        throw new ConfigError(`invalid config: registries.${name}.passwordFile: cannot read: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+      }
+    }
+    const entry: RegistryConfig = {
+      name,
+      url: r.url.replace(/\/+$/, ''),
+      tagTtlMs: r.tagTTL ?? defaultTagTtl,
+      ...(r.username !== undefined ? { username: r.username } : {}),
+      ...(password !== undefined ? { password } : {}),
+    };
+    registries.set(name, Object.freeze(entry));
+  }
+  const defaultRegistry = c.defaultRegistry ?? 'docker.io';
+  if (!registries.has(defaultRegistry)) {
+    throw new ConfigError(`invalid config: defaultRegistry: "${defaultRegistry}" is not a configured registry (have: ${[...registries.keys()].join(', ')})`);
+  }
+  const maxBytes = c.cache?.maxBytes ?? 50 * 2 ** 30;
+  const memoryBytes = c.cache?.memoryBytes ?? 256 * 2 ** 20;
+  if (memoryBytes > maxBytes) throw new ConfigError('invalid config: cache.memoryBytes: must not exceed cache.maxBytes');
+
+  const cfg: Config = {
+    listen: Object.freeze(c.listen ?? { host: '0.0.0.0', port: 5000 }),
+    dataDir: path.resolve(cwd, c.dataDir ?? './data'),
+    defaultRegistry,
+    registries,
+    cache: Object.freeze({ maxBytes, memoryBytes }),
+    upstream: Object.freeze({
+      connectTimeoutMs: c.upstream?.connectTimeout ?? 5_000,
+      headersTimeoutMs: c.upstream?.headersTimeout ?? 30_000,
+      idleTimeoutMs: c.upstream?.idleTimeout ?? 30_000,
+      retries: c.upstream?.retries ?? 2,
+      breakerMaxFails: c.upstream?.breakerMaxFails ?? 5,
+      breakerResetMs: c.upstream?.breakerReset ?? 30_000,
+    }),
+    log: Object.freeze({ level: c.log?.level ?? 'info' }),
+    shutdownGraceMs: c.shutdownGrace ?? 30_000,
+  };
+  return Object.freeze(cfg);
+}

@@ -1,0 +1,106 @@
+// The OCI distribution read API under /v2/. Validation happens in RegistryRouter; handlers
+// only translate between HTTP and the pull-through services.
+import { Hono } from 'hono';
+import { RegistryError } from '../errors.ts';
+import type { Metrics } from '../metrics.ts';
+import { parseAccept } from '../oci/media-types.ts';
+import type { BlobService } from '../pull-through/blob-service.ts';
+import type { ListingService } from '../pull-through/listing-service.ts';
+import type { ManifestService } from '../pull-through/manifest-service.ts';
+import type { RegistryRouter } from '../registry-router.ts';
+import type { AppEnv } from './request-context.ts';
+import { respond } from './respond.ts';
+
+export interface V2Deps {
+  router: RegistryRouter;
+  blobs: BlobService;
+  manifests: ManifestService;
+  listings: ListingService;
+  metrics: Metrics;
+}
+
+const API_VERSION = { 'Docker-Distribution-API-Version': 'registry/2.0' };
+
+export function v2Routes(d: V2Deps): Hono<AppEnv> {
+  const app = new Hono<AppEnv>();
+
+  app.on(['GET', 'HEAD'], '/', (c) => {
+    c.get('info').kind = 'base';
+    return respond(c, 200, { ...API_VERSION, 'Content-Type': 'application/json', 'Content-Length': '2' }, Buffer.from('{}'));
+  });
+
+  app.all('/*', async (c) => {
+    const info = c.get('info');
+    const method = c.req.method;
+    const url = new URL(c.req.url);
+    const rest = url.pathname.slice('/v2/'.length);
+    const route = d.router.resolve(rest, url.searchParams.get('ns') ?? undefined);
+    info.kind = route.kind;
+    info.registry = route.registry;
+    info.repository = route.repository;
+    if (method !== 'GET' && method !== 'HEAD') {
+      throw new RegistryError('UNSUPPORTED', `${method} is not supported: this is a read-only pull-through mirror`, { headers: { Allow: 'GET, HEAD' } });
+    }
+    const kindLabel = route.kind === 'tags' ? 'tags' : route.kind === 'referrers' ? 'referrers' : route.kind === 'blobs' ? 'blob' : 'manifest';
+
+    switch (route.kind) {
+      case 'manifests': {
+        const m = await d.manifests.get({
+          registry: route.registry,
+          repository: route.repository,
+          reference: route.reference,
+          accept: parseAccept(c.req.raw.headers.get('accept')),
+        });
+        info.cache = m.cache;
+        info.source = m.cache === 'miss' ? 'upstream' : 'cache';
+        d.metrics.cacheResults.inc({ kind: kindLabel, result: m.cache });
+        return respond(
+          c,
+          200,
+          {
+            ...API_VERSION,
+            'Content-Type': m.mediaType,
+            'Content-Length': String(m.body.length),
+            'Docker-Content-Digest': m.digest,
+            ETag: `"${m.digest}"`,
+          },
+          m.body,
+          (n) => d.metrics.bytesServed.inc({ source: m.cache === 'miss' ? 'upstream' : 'memory' }, n),
+        );
+      }
+      case 'blobs': {
+        const b = await d.blobs.get({
+          registry: route.registry,
+          repository: route.repository,
+          digest: route.reference,
+          method,
+          range: c.req.header('range'),
+        });
+        info.cache = b.cache;
+        info.source = b.source;
+        d.metrics.cacheResults.inc({ kind: kindLabel, result: b.cache });
+        const counter = d.metrics.bytesServed.labels({ source: b.source });
+        return respond(c, b.status, { ...API_VERSION, ...b.headers }, b.body, (n) => counter.inc(n));
+      }
+      case 'tags': {
+        const q = url.searchParams;
+        const l = await d.listings.tags(
+          route.registry,
+          route.repository,
+          { ...(q.has('n') ? { n: q.get('n')! } : {}), ...(q.has('last') ? { last: q.get('last')! } : {}) },
+          route.clientPath,
+        );
+        info.cache = l.cache;
+        d.metrics.cacheResults.inc({ kind: kindLabel, result: l.cache });
+        return respond(c, 200, { ...API_VERSION, ...l.headers, 'Content-Type': l.contentType, 'Content-Length': String(l.body.length) }, l.body);
+      }
+      case 'referrers': {
+        const l = await d.listings.referrers(route.registry, route.repository, route.reference, url.searchParams.get('artifactType') ?? undefined, route.clientPath + '/' + route.reference);
+        info.cache = l.cache;
+        d.metrics.cacheResults.inc({ kind: kindLabel, result: l.cache });
+        return respond(c, 200, { ...API_VERSION, ...l.headers, 'Content-Type': l.contentType, 'Content-Length': String(l.body.length) }, l.body);
+      }
+    }
+  });
+  return app;
+}

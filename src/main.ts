@@ -1,0 +1,143 @@
+// Wires everything from a Config: stores, index, upstream clients, services, the HTTP server.
+// Every piece of state is built here and passed in; nothing lives in module-level singletons.
+import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
+import { createAdaptorServer } from '@hono/node-server';
+import { Agent } from 'undici';
+import { createApp, type Readiness } from './app.ts';
+import type { Config } from './config.ts';
+import { createLogger, type Logger } from './logger.ts';
+import { Metrics } from './metrics.ts';
+import { BlobFills } from './pull-through/blob-fills.ts';
+import { BlobService } from './pull-through/blob-service.ts';
+import { ListingService } from './pull-through/listing-service.ts';
+import { ManifestService } from './pull-through/manifest-service.ts';
+import { RegistryRouter } from './registry-router.ts';
+import { CacheIndex } from './storage/cache-index.ts';
+import { DiskBlobStore } from './storage/disk-blob-store.ts';
+import { CacheLayout } from './storage/layout.ts';
+import { MemoryCache } from './storage/memory-cache.ts';
+import { RegistryClient } from './upstream/registry-client.ts';
+
+export interface RunningProxy {
+  url: string;
+  port: number;
+  metrics: Metrics;
+  logger: Logger;
+  /** Stop accepting, let in-flight pulls and fills finish (bounded), close the index. */
+  close(): Promise<void>;
+}
+
+export async function startProxy(config: Config, opts: { logger?: Logger; metrics?: Metrics } = {}): Promise<RunningProxy> {
+  const logger = opts.logger ?? createLogger({ level: config.log.level });
+  const metrics = opts.metrics ?? new Metrics();
+  const t0 = Date.now();
+
+  const layout = new CacheLayout(config.dataDir);
+  const disk = new DiskBlobStore(layout, logger);
+  const index = new CacheIndex(layout, logger);
+  const diskInfo = await disk.init();
+  const indexInfo = await index.init();
+  const memory = new MemoryCache(config.cache.memoryBytes);
+  metrics.cacheBytes.set({ tier: 'disk' }, disk.bytes);
+  metrics.cacheEntries.set({ tier: 'disk' }, disk.count);
+
+  const dispatcher = new Agent({
+    connect: { timeout: config.upstream.connectTimeoutMs },
+    headersTimeout: config.upstream.headersTimeoutMs,
+    bodyTimeout: config.upstream.idleTimeoutMs,
+    keepAliveTimeout: 30_000,
+    connections: 64,
+  });
+  const upstreams = new Map<string, RegistryClient>();
+  for (const r of config.registries.values()) {
+    upstreams.set(
+      r.name,
+      new RegistryClient(
+        { name: r.name, url: r.url, ...(r.username !== undefined ? { username: r.username } : {}), ...(r.password !== undefined ? { password: r.password } : {}) },
+        {
+          metrics,
+          logger,
+          dispatcher,
+          timeouts: { connectMs: config.upstream.connectTimeoutMs, headersMs: config.upstream.headersTimeoutMs, idleMs: config.upstream.idleTimeoutMs },
+          retry: { attempts: config.upstream.retries },
+          breaker: { maxFails: config.upstream.breakerMaxFails, resetMs: config.upstream.breakerResetMs },
+        },
+      ),
+    );
+  }
+
+  const fills = new BlobFills(metrics, logger);
+  const blobs = new BlobService({ disk, memory, index, fills, upstreams, metrics, logger });
+  const manifests = new ManifestService({
+    disk,
+    memory,
+    index,
+    upstreams,
+    metrics,
+    logger,
+    tagTtlMs: (registry) => config.registries.get(registry)?.tagTtlMs ?? 300_000,
+  });
+  const listings = new ListingService({ upstreams, index, metrics, logger });
+  const router = new RegistryRouter(config.registries, config.defaultRegistry);
+
+  let shuttingDown = false;
+  const readiness = (): Readiness => {
+    const problems: string[] = [];
+    if (shuttingDown) problems.push('shutting down');
+    return { ready: problems.length === 0, problems };
+  };
+  metrics.cacheBytes.set({ tier: 'memory' }, 0);
+  const app = createApp({ router, blobs, manifests, listings, metrics, logger, readiness });
+  const server = createAdaptorServer({ fetch: app.fetch }) as Server;
+  server.keepAliveTimeout = 65_000;
+  server.requestTimeout = 0; // blobs may take long; idle sockets are bounded by keepAliveTimeout
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.listen.port, config.listen.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  const host = config.listen.host === '0.0.0.0' || config.listen.host === '::' ? '127.0.0.1' : config.listen.host;
+  const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const memGauge = setInterval(() => {
+    metrics.cacheBytes.set({ tier: 'memory' }, memory.bytes);
+    metrics.cacheEntries.set({ tier: 'memory' }, memory.count);
+  }, 5000);
+  memGauge.unref();
+  logger.info(
+    {
+      listen: `${config.listen.host}:${port}`,
+      dataDir: config.dataDir,
+      registries: [...config.registries.values()].map((r) => `${r.name}=${r.url}`),
+      defaultRegistry: config.defaultRegistry,
+      cachedBlobs: diskInfo.blobs,
+      cachedBytes: diskInfo.bytes,
+      indexRecords: indexInfo.records,
+      startupMs: Date.now() - t0,
+    },
+    'ocirelay ready',
+  );
+
+  let closing: Promise<void> | undefined;
+  const close = () =>
+    (closing ??= (async () => {
+      shuttingDown = true;
+      clearInterval(memGauge);
+      logger.info({ fillsInFlight: fills.size }, 'shutting down: finishing in-flight pulls');
+      const serverClosed = new Promise<void>((r) => server.close(() => r()));
+      server.closeIdleConnections();
+      const grace = setTimeout(() => server.closeAllConnections(), config.shutdownGraceMs);
+      await fills.drain(config.shutdownGraceMs);
+      await serverClosed;
+      clearTimeout(grace);
+      await index.close();
+      for (const u of upstreams.values()) await u.close();
+      await dispatcher.close();
+      logger.info('shut down');
+      logger.flush();
+    })());
+  return { url, port, metrics, logger, close };
+}

@@ -1,0 +1,118 @@
+// Every metric ocirelay exports, in one place. Each Metrics owns its own prom-client
+// Registry (no global default registry), so several instances can live in one process.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export type CacheResult = 'hit' | 'miss' | 'coalesced' | 'stale' | 'bypass' | 'error';
+export type ObjectKind = 'manifest' | 'blob' | 'tags' | 'referrers';
+export type ByteSource = 'memory' | 'disk' | 'upstream' | 'fill';
+
+export class Metrics {
+  readonly registry = new Registry();
+
+  readonly httpRequests = new Counter({
+    name: 'ocirelay_http_requests_total',
+    help: 'Client HTTP requests by method, route kind and status',
+    labelNames: ['method', 'kind', 'status'] as const,
+    registers: [this.registry],
+  });
+  readonly httpDuration = new Histogram({
+    name: 'ocirelay_http_request_duration_seconds',
+    help: 'Client request latency until the response is finished',
+    labelNames: ['method', 'kind'] as const,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers: [this.registry],
+  });
+  readonly cacheResults = new Counter({
+    name: 'ocirelay_cache_results_total',
+    help: 'Cache results by object kind (hit, miss, coalesced, stale, bypass, error)',
+    labelNames: ['kind', 'result'] as const,
+    registers: [this.registry],
+  });
+  readonly bytesServed = new Counter({
+    name: 'ocirelay_bytes_served_total',
+    help: 'Body bytes sent to clients by source (memory, disk, fill = from an in-flight upstream fill, upstream = passed through)',
+    labelNames: ['source'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamRequests = new Counter({
+    name: 'ocirelay_upstream_requests_total',
+    help: 'Requests sent to upstream registries by registry, method and status (or error class)',
+    labelNames: ['registry', 'method', 'status'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamBytes = new Counter({
+    name: 'ocirelay_upstream_bytes_total',
+    help: 'Body bytes received from upstream registries',
+    labelNames: ['registry'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamDuration = new Histogram({
+    name: 'ocirelay_upstream_request_duration_seconds',
+    help: 'Upstream latency until response headers',
+    labelNames: ['registry', 'method'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    registers: [this.registry],
+  });
+  readonly upstreamRateLimitRemaining = new Gauge({
+    name: 'ocirelay_upstream_ratelimit_remaining',
+    help: "Pulls left in the upstream's rate-limit window (Docker Hub ratelimit-remaining)",
+    labelNames: ['registry'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamRateLimitLimit = new Gauge({
+    name: 'ocirelay_upstream_ratelimit_limit',
+    help: "The upstream's rate-limit window size (Docker Hub ratelimit-limit)",
+    labelNames: ['registry'] as const,
+    registers: [this.registry],
+  });
+  readonly circuitOpen = new Gauge({
+    name: 'ocirelay_upstream_circuit_open',
+    help: '1 while the circuit breaker of an upstream registry is open',
+    labelNames: ['registry'] as const,
+    registers: [this.registry],
+  });
+  readonly fillsInFlight = new Gauge({
+    name: 'ocirelay_fills_in_flight',
+    help: 'Blob downloads from upstream in progress',
+    registers: [this.registry],
+  });
+  readonly fillResults = new Counter({
+    name: 'ocirelay_fills_total',
+    help: 'Finished blob fills by result (committed, digest_mismatch, size_mismatch, truncated, upstream_error, disk_error)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly coalescedWaiters = new Counter({
+    name: 'ocirelay_coalesced_waiters_total',
+    help: 'Client requests that joined a fill already in flight instead of going upstream',
+    registers: [this.registry],
+  });
+  readonly digestMismatches = new Counter({
+    name: 'ocirelay_digest_mismatches_total',
+    help: 'Upstream content whose digest or size did not match (blobs and manifests); never cached',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+  readonly staleServed = new Counter({
+    name: 'ocirelay_stale_served_total',
+    help: 'Tag manifests served stale because the upstream could not revalidate them, by reason',
+    labelNames: ['registry', 'reason'] as const,
+    registers: [this.registry],
+  });
+  readonly cacheBytes = new Gauge({
+    name: 'ocirelay_cache_bytes',
+    help: 'Bytes held by each cache tier',
+    labelNames: ['tier'] as const,
+    registers: [this.registry],
+  });
+  readonly cacheEntries = new Gauge({
+    name: 'ocirelay_cache_entries',
+    help: 'Objects held by each cache tier',
+    labelNames: ['tier'] as const,
+    registers: [this.registry],
+  });
+
+  constructor(opts: { defaultMetrics?: boolean } = {}) {
+    if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: 'ocirelay_' });
+  }
+}

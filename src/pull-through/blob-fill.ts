@@ -1,0 +1,284 @@
+// One download of one blob from an upstream into a temp file, shared by every client that
+// wants it. Bytes are hashed and written as they arrive; clients read the growing file through
+// FillReader at their own pace (a slow client never slows the fill; the fill never waits for
+// a client). The file is committed only after its digest and size match; on any failure every
+// reader is destroyed with an error, so no client response ever ends cleanly on bad bytes.
+// Readers hold back the last byte of their range until the fill is committed, so even a
+// client that has received everything else cannot see a complete body before verification.
+import { createHash } from 'node:crypto';
+import fs, { type FileHandle } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import type { ByteRange } from '../oci/range.ts';
+import type { RegistryError } from '../errors.ts';
+
+export type FillFailure = 'digest_mismatch' | 'size_mismatch' | 'truncated' | 'upstream_error' | 'disk_error' | 'aborted';
+
+export class FillError extends Error {
+  constructor(
+    readonly reason: FillFailure,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'FillError';
+  }
+}
+
+export interface FillSource {
+  /** Bytes of the blob from the upstream, in order. */
+  body: Readable;
+  /** From the upstream's Content-Length, when it sent one. */
+  size: number | undefined;
+}
+
+export interface FillHooks {
+  /** Open the upstream body; throw a RegistryError (mapped from the upstream's answer) when there is none. */
+  openUpstream(signal: AbortSignal): Promise<FillSource>;
+  /** Move the verified, fsync'd temp file into place (and index it). */
+  commit(tempPath: string, size: number, smallCopy: Buffer | undefined): Promise<void>;
+  onFinished(fill: BlobFill, outcome: 'committed' | FillFailure): void;
+  /** Keep an in-memory copy of blobs up to this size (for the memory tier). */
+  smallCopyMax: number;
+}
+
+type State = 'starting' | 'running' | 'committed' | 'failed';
+
+export class BlobFill {
+  readonly digest: string;
+  /** The registry/repository whose upstream request this fill is. */
+  readonly origin: string;
+  readonly tempPath: string;
+  state: State = 'starting';
+  written = 0;
+  size: number | undefined;
+  error: Error | undefined;
+  readonly ready: Promise<void>;
+
+  private fh: FileHandle | undefined;
+  private readers = 0;
+  private tick!: Promise<void>;
+  private wake!: () => void;
+  private readonly abort = new AbortController();
+  private resolveReady!: () => void;
+  private rejectReady!: (e: Error) => void;
+
+  constructor(digest: string, origin: string, tempPath: string, private readonly hooks: FillHooks) {
+    this.digest = digest;
+    this.origin = origin;
+    this.tempPath = tempPath;
+    this.ready = new Promise<void>((res, rej) => {
+      this.resolveReady = res;
+      this.rejectReady = rej;
+    });
+    // A fill nobody awaits any more must not raise an unhandled rejection.
+    this.ready.catch(() => undefined);
+    this.newTick();
+  }
+
+  private newTick(): void {
+    this.tick = new Promise<void>((r) => (this.wake = r));
+  }
+
+  private notify(): void {
+    const w = this.wake;
+    this.newTick();
+    w();
+  }
+
+  /** Resolves at the next change: more bytes written, committed or failed. */
+  changed(): Promise<void> {
+    return this.tick;
+  }
+
+  get finished(): boolean {
+    return this.state === 'committed' || this.state === 'failed';
+  }
+
+  /** Cancel the fill (shutdown). Readers are aborted, nothing is committed. */
+  cancel(): void {
+    this.abort.abort(new FillError('aborted', 'fill cancelled'));
+  }
+
+  async run(): Promise<void> {
+    let src: FillSource;
+    try {
+      src = await this.hooks.openUpstream(this.abort.signal);
+    } catch (e) {
+      this.state = 'failed';
+      this.error = e as Error;
+      this.rejectReady(e as RegistryError);
+      this.notify();
+      this.hooks.onFinished(this, 'upstream_error');
+      return;
+    }
+    this.size = src.size;
+    try {
+      this.fh = await fs.open(this.tempPath, 'w+');
+    } catch (e) {
+      src.body.destroy();
+      this.state = 'failed';
+      this.error = new FillError('disk_error', `cannot create temp file: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+      this.rejectReady(this.error);
+      this.notify();
+      this.hooks.onFinished(this, 'disk_error');
+      return;
+    }
+    this.state = 'running';
+    this.resolveReady();
+    const outcome = await this.copy(src);
+    if (outcome === 'committed') {
+      this.state = 'committed';
+    } else {
+      this.state = 'failed';
+      await fs.rm(this.tempPath, { force: true }).catch(() => undefined);
+    }
+    this.notify();
+    this.maybeClose();
+    this.hooks.onFinished(this, outcome);
+  }
+
+  private async copy(src: FillSource): Promise<'committed' | FillFailure> {
+    const fh = this.fh!;
+    const hash = createHash('sha256');
+    const keep = src.size !== undefined && src.size <= this.hooks.smallCopyMax ? ([] as Buffer[]) : undefined;
+    const onAbort = () => src.body.destroy(this.abort.signal.reason as Error);
+    this.abort.signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      try {
+        for await (const chunk of src.body as AsyncIterable<Buffer>) {
+          if (src.size !== undefined && this.written + chunk.length > src.size) {
+            throw new FillError('size_mismatch', `upstream sent more than its Content-Length ${src.size}`);
+          }
+          hash.update(chunk);
+          keep?.push(chunk);
+          let off = 0;
+          while (off < chunk.length) {
+            const { bytesWritten } = await fh.write(chunk, off, chunk.length - off, this.written);
+            off += bytesWritten;
+            this.written += bytesWritten;
+          }
+          this.notify();
+        }
+      } catch (e) {
+        if (e instanceof FillError) throw e;
+        if (this.abort.signal.aborted) throw new FillError('aborted', 'fill cancelled');
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'ENOSPC' || code === 'EIO' || code === 'EDQUOT' || code === 'EROFS') throw new FillError('disk_error', `disk write failed: ${code}`);
+        throw new FillError('truncated', `upstream body failed after ${this.written} bytes: ${(e as Error).message}`);
+      }
+      if (src.size !== undefined && this.written !== src.size) {
+        throw new FillError('truncated', `upstream body ended after ${this.written} of ${src.size} bytes`);
+      }
+      const actual = `sha256:${hash.digest('hex')}`;
+      if (actual !== this.digest) throw new FillError('digest_mismatch', `upstream content has digest ${actual}, expected ${this.digest}`);
+      try {
+        await fh.sync();
+        await this.hooks.commit(this.tempPath, this.written, keep ? Buffer.concat(keep) : undefined);
+      } catch (e) {
+        throw new FillError('disk_error', `commit failed: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      }
+      this.size = this.written;
+      return 'committed';
+    } catch (e) {
+      this.error = e as Error;
+      src.body.destroy();
+      return e instanceof FillError ? e.reason : 'truncated';
+    } finally {
+      this.abort.signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** A stream of the blob (or one range of it) from the growing file. Call after `ready`. */
+  createReader(range?: ByteRange): Readable {
+    this.readers++;
+    return new FillReader(this, range);
+  }
+
+  /** Positional read from the temp file (still valid after the rename: we hold the fd). */
+  async readAt(buf: Buffer, pos: number): Promise<number> {
+    const { bytesRead } = await this.fh!.read(buf, 0, buf.length, pos);
+    return bytesRead;
+  }
+
+  releaseReader(): void {
+    this.readers--;
+    this.maybeClose();
+  }
+
+  private maybeClose(): void {
+    if (this.finished && this.readers === 0 && this.fh) {
+      const fh = this.fh;
+      this.fh = undefined;
+      void fh.close().catch(() => undefined);
+    }
+  }
+}
+
+const READ_CHUNK = 256 * 1024;
+
+class FillReader extends Readable {
+  private pos: number;
+  private readonly endExcl: number | undefined;
+  private pumping = false;
+  private released = false;
+
+  constructor(
+    private readonly fill: BlobFill,
+    range: ByteRange | undefined,
+  ) {
+    super({ highWaterMark: READ_CHUNK });
+    this.pos = range?.start ?? 0;
+    this.endExcl = range ? range.end + 1 : undefined;
+  }
+
+  override _read(): void {
+    if (!this.pumping) void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    this.pumping = true;
+    try {
+      for (;;) {
+        if (this.destroyed) return;
+        const f = this.fill;
+        if (f.state === 'failed') {
+          this.destroy(f.error ?? new Error('fill failed'));
+          return;
+        }
+        const committed = f.state === 'committed';
+        const end = this.endExcl ?? (committed ? f.written : f.size ?? Infinity);
+        // Until the digest is verified, never hand out the final byte of the response.
+        const limit = committed ? end : Math.min(f.written, end - 1);
+        if (committed && this.pos >= end) {
+          this.push(null);
+          return;
+        }
+        if (this.pos < limit) {
+          const n = Math.min(READ_CHUNK, limit - this.pos);
+          const buf = Buffer.allocUnsafe(n);
+          const got = await f.readAt(buf, this.pos);
+          if (this.destroyed) return;
+          if (got <= 0) {
+            this.destroy(new Error('short read from fill temp file'));
+            return;
+          }
+          this.pos += got;
+          if (!this.push(got === n ? buf : buf.subarray(0, got))) return;
+          continue;
+        }
+        await f.changed();
+      }
+    } catch (e) {
+      this.destroy(e as Error);
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
+    if (!this.released) {
+      this.released = true;
+      this.fill.releaseReader();
+    }
+    cb(err);
+  }
+}

@@ -1,0 +1,69 @@
+// The single owner of in-flight blob downloads: at most one fill per digest at any time.
+import type { Logger } from '../logger.ts';
+import type { Metrics } from '../metrics.ts';
+import { BlobFill, type FillFailure, type FillHooks } from './blob-fill.ts';
+
+export type StartFill = Omit<FillHooks, 'onFinished'>;
+
+export class BlobFills {
+  private readonly inFlight = new Map<string, BlobFill>();
+  private readonly idle = new Set<() => void>();
+
+  constructor(
+    private readonly metrics: Metrics,
+    private readonly logger: Logger,
+  ) {}
+
+  get(digest: string): BlobFill | undefined {
+    return this.inFlight.get(digest);
+  }
+
+  get size(): number {
+    return this.inFlight.size;
+  }
+
+  /**
+   * Join the fill of `digest` if one runs, else start one with `hooks`. Registration is
+   * synchronous, so concurrent callers in the same tick all end up on the same fill.
+   */
+  joinOrStart(digest: string, origin: string, tempPath: string, hooks: StartFill): { fill: BlobFill; joined: boolean } {
+    const existing = this.inFlight.get(digest);
+    if (existing) {
+      this.metrics.coalescedWaiters.inc();
+      return { fill: existing, joined: true };
+    }
+    const fill = new BlobFill(digest, origin, tempPath, {
+      ...hooks,
+      onFinished: (f, outcome) => this.finished(f, outcome),
+    });
+    this.inFlight.set(digest, fill);
+    this.metrics.fillsInFlight.set(this.inFlight.size);
+    void fill.run();
+    return { fill, joined: false };
+  }
+
+  private finished(fill: BlobFill, outcome: 'committed' | FillFailure): void {
+    if (this.inFlight.get(fill.digest) === fill) this.inFlight.delete(fill.digest);
+    this.metrics.fillsInFlight.set(this.inFlight.size);
+    this.metrics.fillResults.inc({ result: outcome });
+    if (outcome === 'digest_mismatch' || outcome === 'size_mismatch') this.metrics.digestMismatches.inc({ kind: 'blob' });
+    const log = { digest: fill.digest, origin: fill.origin, bytes: fill.written, outcome };
+    if (outcome === 'committed') this.logger.debug(log, 'fill committed');
+    else this.logger.warn({ ...log, err: fill.error?.message }, 'fill failed; nothing cached');
+    if (this.inFlight.size === 0) for (const w of this.idle) w();
+  }
+
+  /** Wait (bounded) for running fills to finish; cancel those still running after `ms`. */
+  async drain(ms: number): Promise<void> {
+    if (this.inFlight.size === 0) return;
+    let done!: () => void;
+    const idle = new Promise<void>((r) => (done = r));
+    this.idle.add(done);
+    const timer = setTimeout(() => {
+      for (const f of this.inFlight.values()) f.cancel();
+    }, ms);
+    await idle;
+    clearTimeout(timer);
+    this.idle.delete(done);
+  }
+}

@@ -1,0 +1,210 @@
+// Serves blobs: memory tier -> disk tier -> the one in-flight fill for the digest -> a new fill.
+// A blob is served under a repository only once that repository is known to reference it
+// (a manifest of that repository listed it, or the upstream confirmed it for that repository
+// with our credentials), so content fetched with credentials never leaks across names.
+import { Readable } from 'node:stream';
+import { RegistryError } from '../errors.ts';
+import type { Logger } from '../logger.ts';
+import type { CacheResult, Metrics } from '../metrics.ts';
+import { parseRange, isRangeSyntaxValid, type ByteRange } from '../oci/range.ts';
+import type { CacheIndex } from '../storage/cache-index.ts';
+import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
+import type { MemoryCache } from '../storage/memory-cache.ts';
+import type { RegistryClient } from '../upstream/registry-client.ts';
+import type { BlobFill } from './blob-fill.ts';
+import type { BlobFills } from './blob-fills.ts';
+import { errorFromTransport, errorFromUpstream } from './upstream-errors.ts';
+
+export interface BlobRequest {
+  registry: string;
+  repository: string;
+  digest: string;
+  method: 'GET' | 'HEAD';
+  range: string | undefined;
+}
+
+export interface BlobResponse {
+  status: 200 | 206;
+  headers: Record<string, string>;
+  /** Absent for HEAD. */
+  body?: Readable;
+  source: 'memory' | 'disk' | 'fill' | 'upstream';
+  cache: CacheResult;
+}
+
+export interface BlobServiceDeps {
+  disk: DiskBlobStore;
+  memory: MemoryCache;
+  index: CacheIndex;
+  fills: BlobFills;
+  upstreams: ReadonlyMap<string, RegistryClient>;
+  metrics: Metrics;
+  logger: Logger;
+}
+
+const OCTET = 'application/octet-stream';
+
+function rangeFor(header: string | undefined, size: number): ByteRange | undefined {
+  const r = parseRange(header, size);
+  switch (r.kind) {
+    case 'none':
+      return undefined;
+    case 'range':
+      return r.range;
+    case 'unsatisfiable':
+      throw new RegistryError('RANGE_INVALID', `range ${header} not satisfiable for ${size} bytes`, {
+        headers: { 'Content-Range': `bytes */${size}` },
+      });
+    case 'invalid':
+      throw new RegistryError('RANGE_INVALID', `malformed Range header`);
+  }
+}
+
+function headersFor(digest: string, size: number, range: ByteRange | undefined): { status: 200 | 206; headers: Record<string, string> } {
+  const headers: Record<string, string> = {
+    'Content-Type': OCTET,
+    'Docker-Content-Digest': digest,
+    ETag: `"${digest}"`,
+    'Accept-Ranges': 'bytes',
+    'Cache-Control': 'max-age=31536000, immutable',
+  };
+  if (range) {
+    headers['Content-Range'] = `bytes ${range.start}-${range.end}/${size}`;
+    headers['Content-Length'] = String(range.end - range.start + 1);
+    return { status: 206, headers };
+  }
+  headers['Content-Length'] = String(size);
+  return { status: 200, headers };
+}
+
+export class BlobService {
+  constructor(private readonly d: BlobServiceDeps) {}
+
+  private upstream(registry: string): RegistryClient {
+    const u = this.d.upstreams.get(registry);
+    if (!u) throw new RegistryError('NAME_UNKNOWN', `registry ${registry} is not configured`);
+    return u;
+  }
+
+  async get(req: BlobRequest): Promise<BlobResponse> {
+    if (req.range !== undefined && !isRangeSyntaxValid(req.range)) throw new RegistryError('RANGE_INVALID', 'malformed Range header');
+    const { disk, memory, index, fills } = this.d;
+
+    // Memory and disk tiers.
+    const size = disk.sizeOf(req.digest);
+    if (size !== undefined) {
+      await this.authorize(req);
+      const range = rangeFor(req.range, size);
+      const { status, headers } = headersFor(req.digest, size, range);
+      if (req.method === 'HEAD') return { status, headers, source: 'disk', cache: 'hit' };
+      const mem = memory.get(req.digest);
+      if (mem) {
+        const bytes = range ? mem.subarray(range.start, range.end + 1) : mem;
+        return { status, headers, body: Readable.from([bytes]), source: 'memory', cache: 'hit' };
+      }
+      const body = await disk.open(req.digest, range);
+      if (body) return { status, headers, body, source: 'disk', cache: 'hit' };
+      // Deleted under us (eviction): fall through to a fill.
+    }
+
+    if (req.method === 'HEAD') return this.headUpstream(req);
+
+    const origin = `${req.registry}/${req.repository}`;
+    let fill = fills.get(req.digest);
+    let joined = true;
+    if (fill && fill.origin !== origin && !index.isLinked(req.registry, req.repository, req.digest)) {
+      // Another repository's fill: this one must prove access on its own first.
+      await this.authorize(req);
+    }
+    if (!fill) {
+      const started = fills.joinOrStart(req.digest, origin, disk.tempPathFor(req.digest), {
+        smallCopyMax: memory.maxObjectBytes,
+        openUpstream: (signal) => this.openUpstream(req, signal),
+        commit: async (tmp, sz, small) => {
+          await disk.commitTemp(tmp, req.digest, sz);
+          index.link(req.registry, req.repository, req.digest);
+          if (small) memory.set(req.digest, small);
+          this.d.metrics.cacheBytes.set({ tier: 'disk' }, disk.bytes);
+          this.d.metrics.cacheEntries.set({ tier: 'disk' }, disk.count);
+        },
+      });
+      fill = started.fill;
+      joined = started.joined;
+    } else {
+      this.d.metrics.coalescedWaiters.inc();
+    }
+    return this.serveFill(req, fill, joined);
+  }
+
+  private async serveFill(req: BlobRequest, fill: BlobFill, joined: boolean): Promise<BlobResponse> {
+    await fill.ready;
+    if (fill.state === 'committed') {
+      // Finished while we waited: it is on disk now (its fd may already be closed).
+      this.d.index.link(req.registry, req.repository, req.digest);
+      if (this.d.disk.has(req.digest)) return this.get(req);
+    }
+    if (fill.state === 'failed' || fill.state === 'committed') {
+      throw new RegistryError('UNAVAILABLE', `upstream transfer of ${req.digest} failed`);
+    }
+    const size = fill.size;
+    if (size === undefined) {
+      // The upstream sent no length: stream the whole blob, chunked.
+      const headers: Record<string, string> = { 'Content-Type': OCTET, 'Docker-Content-Digest': req.digest, ETag: `"${req.digest}"` };
+      return { status: 200, headers, body: fill.createReader(), source: 'fill', cache: joined ? 'coalesced' : 'miss' };
+    }
+    const range = rangeFor(req.range, size);
+    const { status, headers } = headersFor(req.digest, size, range);
+    return { status, headers, body: fill.createReader(range), source: 'fill', cache: joined ? 'coalesced' : 'miss' };
+  }
+
+  private async openUpstream(req: BlobRequest, signal: AbortSignal): Promise<{ body: Readable; size: number | undefined }> {
+    const up = this.upstream(req.registry);
+    let res;
+    try {
+      res = await up.request({ method: 'GET', path: `/v2/${req.repository}/blobs/${req.digest}`, repository: req.repository, signal });
+    } catch (e) {
+      throw errorFromTransport(e, req.registry);
+    }
+    if (res.status !== 200) throw await errorFromUpstream(res, req.registry, 'BLOB_UNKNOWN');
+    const cl = res.headers['content-length'];
+    const size = cl !== undefined && /^\d+$/.test(cl) ? Number(cl) : undefined;
+    return { body: res.body, size };
+  }
+
+  /** Make sure the repository may see this digest: a known link, or the upstream says so. */
+  private async authorize(req: BlobRequest): Promise<void> {
+    if (this.d.index.isLinked(req.registry, req.repository, req.digest)) return;
+    const up = this.upstream(req.registry);
+    let res;
+    try {
+      res = await up.request({ method: 'HEAD', path: `/v2/${req.repository}/blobs/${req.digest}`, repository: req.repository });
+    } catch (e) {
+      throw errorFromTransport(e, req.registry);
+    }
+    if (res.status === 200) {
+      res.body.destroy();
+      this.d.index.link(req.registry, req.repository, req.digest);
+      return;
+    }
+    throw await errorFromUpstream(res, req.registry, 'BLOB_UNKNOWN');
+  }
+
+  /** HEAD of a blob we do not hold: ask the upstream, fill nothing. */
+  private async headUpstream(req: BlobRequest): Promise<BlobResponse> {
+    const up = this.upstream(req.registry);
+    let res;
+    try {
+      res = await up.request({ method: 'HEAD', path: `/v2/${req.repository}/blobs/${req.digest}`, repository: req.repository });
+    } catch (e) {
+      throw errorFromTransport(e, req.registry);
+    }
+    if (res.status !== 200) throw await errorFromUpstream(res, req.registry, 'BLOB_UNKNOWN');
+    res.body.destroy();
+    this.d.index.link(req.registry, req.repository, req.digest);
+    const cl = res.headers['content-length'];
+    const size = cl !== undefined && /^\d+$/.test(cl) ? Number(cl) : undefined;
+    const headers: Record<string, string> = { 'Content-Type': OCTET, 'Docker-Content-Digest': req.digest, ETag: `"${req.digest}"`, 'Accept-Ranges': 'bytes' };
+    if (size !== undefined) headers['Content-Length'] = String(size);
+    return { status: 200, headers, source: 'upstream', cache: 'miss' };
+  }
+}

@@ -1,0 +1,246 @@
+// Serves manifests. By digest: immutable, served from cache once verified. By tag: cached for
+// the registry's tagTTL, then revalidated with a HEAD upstream (HEAD does not count against
+// Docker Hub's pull limit) and re-fetched with a GET only when the digest changed; served
+// stale when the upstream cannot answer. Every manifest's sha256 is checked before caching.
+import { createHash } from 'node:crypto';
+import { RegistryError } from '../errors.ts';
+import type { Logger } from '../logger.ts';
+import type { CacheResult, Metrics } from '../metrics.ts';
+import { MAX_MANIFEST_BYTES, accepts, guessManifestMediaType, parseManifest, upstreamAccept } from '../oci/media-types.ts';
+import { isSha256Digest } from '../oci/reference.ts';
+import type { CacheIndex } from '../storage/cache-index.ts';
+import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
+import type { MemoryCache } from '../storage/memory-cache.ts';
+import type { RegistryClient, UpstreamResponse } from '../upstream/registry-client.ts';
+import { errorFromTransport, errorFromUpstream, isOutage } from './upstream-errors.ts';
+
+export interface ManifestRequest {
+  registry: string;
+  repository: string;
+  /** A tag or a sha256 digest (validated by the route). */
+  reference: string;
+  accept: string[];
+}
+
+export interface ManifestResponse {
+  digest: string;
+  mediaType: string;
+  body: Buffer;
+  cache: CacheResult;
+}
+
+export interface ManifestServiceDeps {
+  disk: DiskBlobStore;
+  memory: MemoryCache;
+  index: CacheIndex;
+  upstreams: ReadonlyMap<string, RegistryClient>;
+  tagTtlMs: (registry: string) => number;
+  metrics: Metrics;
+  logger: Logger;
+  now?: () => number;
+}
+
+interface Fetched {
+  digest: string;
+  mediaType: string;
+  body: Buffer;
+}
+
+const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+function mediaTypeOf(res: UpstreamResponse, body: Buffer): string {
+  const ct = res.headers['content-type']?.split(';')[0]?.trim().toLowerCase();
+  if (ct && ct.startsWith('application/') && ct !== 'application/json' && ct !== 'application/octet-stream') return ct;
+  return guessManifestMediaType(body);
+}
+
+async function readCapped(res: UpstreamResponse, cap: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of res.body as AsyncIterable<Buffer>) {
+    n += c.length;
+    if (n > cap) {
+      res.body.destroy();
+      throw new RegistryError('MANIFEST_INVALID', `manifest exceeds ${cap} bytes`, { status: 502 });
+    }
+    chunks.push(c);
+  }
+  return Buffer.concat(chunks);
+}
+
+export class ManifestService {
+  private readonly inFlight = new Map<string, Promise<Fetched>>();
+  private readonly now: () => number;
+
+  constructor(private readonly d: ManifestServiceDeps) {
+    this.now = d.now ?? Date.now;
+  }
+
+  private upstream(registry: string): RegistryClient {
+    const u = this.d.upstreams.get(registry);
+    if (!u) throw new RegistryError('NAME_UNKNOWN', `registry ${registry} is not configured`);
+    return u;
+  }
+
+  /** The cached bytes of a manifest, if held and readable. */
+  private async cached(digest: string): Promise<Buffer | undefined> {
+    const mem = this.d.memory.get(digest);
+    if (mem) return mem;
+    const b = await this.d.disk.read(digest);
+    if (b) this.d.memory.set(digest, b);
+    return b;
+  }
+
+  async get(req: ManifestRequest): Promise<ManifestResponse> {
+    return isSha256Digest(req.reference) ? this.byDigest(req) : this.byTag(req);
+  }
+
+  private async byDigest(req: ManifestRequest): Promise<ManifestResponse> {
+    const { index } = this.d;
+    const meta = index.manifestMeta(req.reference);
+    const linked = index.isLinked(req.registry, req.repository, req.reference);
+    if (meta && linked) {
+      const body = await this.cached(req.reference);
+      if (body && accepts(req.accept, meta.mediaType)) {
+        return { digest: req.reference, mediaType: meta.mediaType, body, cache: 'hit' };
+      }
+      if (body) {
+        // Cached, but in a media type this client did not ask for: ask again with its Accept.
+        try {
+          const f = await this.fetch(req);
+          return { ...f, cache: 'miss' };
+        } catch (e) {
+          if (!isOutage(e, e instanceof RegistryError ? e.status : undefined)) throw e;
+          this.stale(req, 'unavailable');
+          return { digest: req.reference, mediaType: meta.mediaType, body, cache: 'stale' };
+        }
+      }
+    }
+    const f = await this.fetch(req);
+    return { ...f, cache: 'miss' };
+  }
+
+  private async byTag(req: ManifestRequest): Promise<ManifestResponse> {
+    const { index } = this.d;
+    const rec = index.tag(req.registry, req.repository, req.reference);
+    const body = rec ? await this.cached(rec.digest) : undefined;
+    if (!rec || !body) {
+      const f = await this.fetch(req);
+      return { ...f, cache: 'miss' };
+    }
+    const acceptable = accepts(req.accept, rec.mediaType);
+    const fresh = this.now() - rec.checkedAt < this.d.tagTtlMs(req.registry);
+    if (fresh && acceptable) return { digest: rec.digest, mediaType: rec.mediaType, body, cache: 'hit' };
+
+    const served = { digest: rec.digest, mediaType: rec.mediaType, body };
+    try {
+      if (acceptable) {
+        const head = await this.headUpstream(req);
+        if (head.status === 200 && head.digest === rec.digest) {
+          index.setTag(req.registry, req.repository, req.reference, { ...rec, checkedAt: this.now() });
+          return { ...served, cache: 'hit' };
+        }
+        if (head.status !== 200 && head.status !== 404 && isOutage(undefined, head.status)) {
+          this.stale(req, head.status === 429 ? 'rate_limited' : `http_${head.status}`);
+          return { ...served, cache: 'stale' };
+        }
+        if (head.status !== 200) throw await head.error();
+      }
+      const f = await this.fetch(req);
+      return { ...f, cache: 'miss' };
+    } catch (e) {
+      const status = e instanceof RegistryError ? e.status : undefined;
+      if (e instanceof RegistryError ? status !== undefined && (status >= 500 || status === 429) : isOutage(e)) {
+        this.stale(req, e instanceof RegistryError ? e.code.toLowerCase() : 'unreachable');
+        return { ...served, cache: 'stale' };
+      }
+      throw e;
+    }
+  }
+
+  private stale(req: ManifestRequest, reason: string): void {
+    this.d.metrics.staleServed.inc({ registry: req.registry, reason });
+    this.d.logger.warn({ registry: req.registry, repository: req.repository, reference: req.reference, reason }, 'upstream unavailable: serving cached manifest stale');
+  }
+
+  private async headUpstream(req: ManifestRequest): Promise<{ status: number; digest: string | undefined; error: () => Promise<RegistryError> }> {
+    const up = this.upstream(req.registry);
+    let res: UpstreamResponse;
+    try {
+      res = await up.request({
+        method: 'HEAD',
+        path: `/v2/${req.repository}/manifests/${req.reference}`,
+        repository: req.repository,
+        headers: { accept: upstreamAccept(req.accept) },
+      });
+    } catch (e) {
+      throw errorFromTransport(e, req.registry);
+    }
+    res.body.destroy();
+    const digest = res.headers['docker-content-digest'];
+    return { status: res.status, digest, error: () => errorFromUpstream(res, req.registry, 'MANIFEST_UNKNOWN') };
+  }
+
+  /** GET from upstream, verify, store; concurrent identical requests share one fetch. */
+  private fetch(req: ManifestRequest): Promise<Fetched> {
+    const key = `${req.registry}/${req.repository}@${req.reference}#${req.accept.join(',')}`;
+    let p = this.inFlight.get(key);
+    if (!p) {
+      p = this.fetchOnce(req).finally(() => this.inFlight.delete(key));
+      this.inFlight.set(key, p);
+    }
+    return p;
+  }
+
+  private async fetchOnce(req: ManifestRequest): Promise<Fetched> {
+    const up = this.upstream(req.registry);
+    let res: UpstreamResponse;
+    try {
+      res = await up.request({
+        method: 'GET',
+        path: `/v2/${req.repository}/manifests/${req.reference}`,
+        repository: req.repository,
+        headers: { accept: upstreamAccept(req.accept) },
+      });
+    } catch (e) {
+      throw errorFromTransport(e, req.registry);
+    }
+    if (res.status !== 200) throw await errorFromUpstream(res, req.registry, 'MANIFEST_UNKNOWN');
+    const cl = Number(res.headers['content-length']);
+    if (Number.isFinite(cl) && cl > MAX_MANIFEST_BYTES) {
+      res.body.destroy();
+      throw new RegistryError('MANIFEST_INVALID', `manifest of ${cl} bytes exceeds the ${MAX_MANIFEST_BYTES}-byte limit`, { status: 502 });
+    }
+    const body = await readCapped(res, MAX_MANIFEST_BYTES);
+    const digest = sha256(body);
+    const claimed = res.headers['docker-content-digest'];
+    const expected = isSha256Digest(req.reference) ? req.reference : claimed && isSha256Digest(claimed) ? claimed : undefined;
+    if (expected && expected !== digest) {
+      this.d.metrics.digestMismatches.inc({ kind: 'manifest' });
+      this.d.logger.warn({ registry: req.registry, repository: req.repository, reference: req.reference, expected, actual: digest }, 'manifest digest mismatch; not cached');
+      throw new RegistryError('DIGEST_INVALID', `upstream manifest does not match digest ${expected}`, { status: 502 });
+    }
+    const mediaType = mediaTypeOf(res, body);
+    let refs;
+    try {
+      refs = parseManifest(body);
+    } catch {
+      throw new RegistryError('MANIFEST_INVALID', 'upstream manifest is not valid JSON', { status: 502 });
+    }
+    await this.d.disk.put(digest, body);
+    this.d.memory.set(digest, body);
+    const { index } = this.d;
+    index.recordManifest(digest, mediaType, body.length);
+    index.link(req.registry, req.repository, digest);
+    for (const d of refs.blobs) if (isSha256Digest(d)) index.link(req.registry, req.repository, d);
+    for (const d of refs.manifests) if (isSha256Digest(d)) index.link(req.registry, req.repository, d);
+    if (!isSha256Digest(req.reference)) {
+      const prev = index.tag(req.registry, req.repository, req.reference);
+      index.setTag(req.registry, req.repository, req.reference, { digest, mediaType, checkedAt: this.now() });
+      if (prev && prev.digest !== digest) {
+        this.d.logger.info({ registry: req.registry, repository: req.repository, tag: req.reference, from: prev.digest, to: digest }, 'tag moved');
+      }
+    }
+    return { digest, mediaType, body };
+  }
+}
