@@ -43,5 +43,7 @@ export function createApp(d: AppDeps): Hono<AppEnv> {
 
   const v2 = v2Routes(d);
   app.route('/v2', v2);
+  // `/v2` without the slash is the same version check.
+  app.on(['GET', 'HEAD'], '/v2', (c) => c.redirect('/v2/', 301));
   return app;
 }

@@ -24,16 +24,16 @@ const API_VERSION = { 'Docker-Distribution-API-Version': 'registry/2.0' };
 export function v2Routes(d: V2Deps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
 
-  app.on(['GET', 'HEAD'], '/', (c) => {
-    c.get('info').kind = 'base';
-    return respond(c, 200, { ...API_VERSION, 'Content-Type': 'application/json', 'Content-Length': '2' }, Buffer.from('{}'));
-  });
-
   app.all('/*', async (c) => {
     const info = c.get('info');
     const method = c.req.method;
     const url = new URL(c.req.url);
     const rest = url.pathname.slice('/v2/'.length);
+    if (rest === '' && (method === 'GET' || method === 'HEAD')) {
+      // The API version check clients send first. No auth here: the mirror is open for pulls.
+      info.kind = 'base';
+      return respond(c, 200, { ...API_VERSION, 'Content-Type': 'application/json', 'Content-Length': '2' }, Buffer.from('{}'));
+    }
     const route = d.router.resolve(rest, url.searchParams.get('ns') ?? undefined);
     info.kind = route.kind;
     info.registry = route.registry;

@@ -39,7 +39,8 @@ export function accepts(accept: string[], mediaType: string): boolean {
 
 /** The Accept header sent upstream: the client's own types, or our default set. */
 export function upstreamAccept(accept: string[]): string {
-  if (accept.length === 0) return [...DEFAULT_MANIFEST_ACCEPT, '*/*'].join(', ');
+  // Registries do not read */* as "OCI is fine": a client that accepts anything gets our full list.
+  if (accept.length === 0 || accept.includes('*/*')) return [...new Set([...DEFAULT_MANIFEST_ACCEPT, ...accept, '*/*'])].join(', ');
   return accept.join(', ');
 }
 

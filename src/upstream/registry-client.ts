@@ -1,0 +1,610 @@
+// Client for one upstream registry (Docker Hub, ghcr.io, quay.io, a private one).
+//
+// request() does one logical GET or HEAD and hides the protocol around it:
+//   circuit breaker -> auth (cached bearer token, or Basic once the registry asked for it)
+//   -> redirects (followed by hand, Authorization only to the registry's own origin)
+//   -> retries (transport errors and 502/503/504 before any body byte reached the caller;
+//      one short 429 Retry-After) -> on 401 a token fetch (shared per scope) and one retry.
+// Every HTTP status comes back as a response; UpstreamError means none usable arrived.
+import type { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Agent, request as undiciRequest, type Dispatcher } from 'undici';
+import type { Logger } from '../logger.ts';
+import type { Metrics } from '../metrics.ts';
+import { CircuitBreaker, type CircuitState, type Outcome } from './circuit-breaker.ts';
+import { MeteredBody, emptyBody } from './metered-body.ts';
+import { backoffDelay, parseRetryAfter } from './retry-timing.ts';
+import { TokenCache, type IssuedToken } from './token-cache.ts';
+import { UpstreamError, type UpstreamErrorKind } from './upstream-error.ts';
+import { parseWwwAuthenticate } from './www-authenticate.ts';
+
+export { UpstreamError, isUpstreamError, type UpstreamErrorKind } from './upstream-error.ts';
+
+export interface UpstreamConfig {
+  /** Registry key, e.g. 'docker.io'. */
+  name: string;
+  /** Base URL, e.g. https://registry-1.docker.io or http://127.0.0.1:5001. */
+  url: string;
+  username?: string;
+  password?: string;
+}
+
+export interface UpstreamClientOptions {
+  metrics: Metrics;
+  logger: Logger;
+  timeouts?: {
+    /** Default 5000. Applies only to the Agent this client creates: a shared dispatcher keeps its own. */
+    connectMs?: number;
+    /** Default 30000: from request sent to response headers. */
+    headersMs?: number;
+    /** Default 30000: longest pause between two body chunks. */
+    idleMs?: number;
+  };
+  retry?: {
+    /** Extra attempts, default 2. */
+    attempts?: number;
+    /** Default 200, exponential with jitter. */
+    baseDelayMs?: number;
+  };
+  breaker?: {
+    /** Consecutive failures that open the circuit, default 5. */
+    maxFails?: number;
+    /** How long it stays open, default 30000. */
+    resetMs?: number;
+  };
+  /** Default 5000: a 429 whose Retry-After is at most this is waited for and retried once. */
+  maxRetryAfterMs?: number;
+  /** A shared undici Agent; the client creates (and closes) its own when absent. */
+  dispatcher?: Dispatcher;
+}
+
+export interface UpstreamRequest {
+  method: 'GET' | 'HEAD';
+  /** Starts with /v2/, may carry a query. */
+  path: string;
+  /** Token scope: repository:<repository>:pull. */
+  repository: string;
+  /** E.g. accept, range. Authorization and hop-by-hop headers are the client's own and dropped. */
+  headers?: Record<string, string>;
+  signal?: AbortSignal;
+}
+
+export interface UpstreamResponse {
+  status: number;
+  /** Lower-case names; repeated headers joined with ', '. */
+  headers: Record<string, string>;
+  /** Caller must consume or destroy it; empty and ended for HEAD. */
+  body: Readable;
+  /** Final URL after redirects (never holds credentials). */
+  url: string;
+}
+
+const MAX_REDIRECTS = 5;
+const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
+const RETRY_STATUSES = new Set([502, 503, 504]);
+const TOKEN_BODY_LIMIT = 1024 * 1024;
+const DROPPED_REQUEST_HEADERS = new Set([
+  'authorization', 'host', 'connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'te', 'trailer',
+  'proxy-authorization', 'proxy-connection', 'content-length',
+]);
+
+type Method = UpstreamRequest['method'];
+type Exchange = Dispatcher.ResponseData;
+
+/** What a request sends as Authorization; `bearer` is set when it is a cached token. */
+interface Credential {
+  header: string;
+  bearer?: string;
+}
+
+/** Retry budget shared by every hop and auth round of one request(). */
+interface Budget {
+  retriesLeft: number;
+  retriesUsed: number;
+  waited429: boolean;
+}
+
+export class RegistryClient {
+  readonly name: string;
+  readonly #origin: string;
+  readonly #prefix: string;
+  readonly #basic: string | undefined;
+  readonly #metrics: Metrics;
+  readonly #log: Logger;
+  readonly #dispatcher: Dispatcher;
+  readonly #ownsDispatcher: boolean;
+  readonly #headersMs: number;
+  readonly #idleMs: number;
+  readonly #attempts: number;
+  readonly #baseDelayMs: number;
+  readonly #maxRetryAfterMs: number;
+  readonly #breaker: CircuitBreaker;
+  readonly #tokens = new TokenCache();
+  /** Set once the registry answered a Basic challenge: later requests send Basic up front. */
+  #usesBasic = false;
+
+  constructor(cfg: UpstreamConfig, opts: UpstreamClientOptions) {
+    this.name = cfg.name;
+    let base: URL;
+    try {
+      base = new URL(cfg.url);
+    } catch {
+      throw new TypeError(`upstream ${cfg.name}: url is not a valid URL`);
+    }
+    if (base.username !== '' || base.password !== '') {
+      // Not echoing the URL: it holds the credentials.
+      throw new TypeError(`upstream ${cfg.name}: url must not contain credentials; set username and password instead`);
+    }
+    if (base.protocol !== 'http:' && base.protocol !== 'https:') {
+      throw new TypeError(`upstream ${cfg.name}: url must be http or https, got ${base.protocol}`);
+    }
+    if (base.search !== '' || base.hash !== '') {
+      throw new TypeError(`upstream ${cfg.name}: url must not have a query or fragment`);
+    }
+    this.#origin = base.origin;
+    this.#prefix = base.pathname.replace(/\/+$/, '');
+    this.#basic =
+      cfg.username !== undefined && cfg.username !== ''
+        ? `Basic ${Buffer.from(`${cfg.username}:${cfg.password ?? ''}`).toString('base64')}`
+        : undefined;
+
+    this.#metrics = opts.metrics;
+    this.#log = opts.logger.child({ component: 'upstream', registry: cfg.name });
+    this.#headersMs = opts.timeouts?.headersMs ?? 30_000;
+    this.#idleMs = opts.timeouts?.idleMs ?? 30_000;
+    this.#attempts = Math.max(0, opts.retry?.attempts ?? 2);
+    this.#baseDelayMs = opts.retry?.baseDelayMs ?? 200;
+    this.#maxRetryAfterMs = opts.maxRetryAfterMs ?? 5_000;
+    this.#ownsDispatcher = opts.dispatcher === undefined;
+    this.#dispatcher =
+      opts.dispatcher ??
+      new Agent({
+        connect: { timeout: opts.timeouts?.connectMs ?? 5_000 },
+        headersTimeout: this.#headersMs,
+        bodyTimeout: this.#idleMs,
+      });
+
+    const registry = this.name;
+    this.#metrics.circuitOpen.set({ registry }, 0);
+    this.#breaker = new CircuitBreaker({
+      maxFails: opts.breaker?.maxFails ?? 5,
+      resetMs: opts.breaker?.resetMs ?? 30_000,
+      onChange: (state, info) => {
+        this.#metrics.circuitOpen.set({ registry }, state === 'open' ? 1 : 0);
+        if (state === 'open') this.#log.warn({ fails: info.fails, resetMs: info.resetMs }, 'upstream circuit opened');
+        else this.#log.warn('upstream circuit closed');
+      },
+    });
+  }
+
+  circuitState(): CircuitState {
+    return this.#breaker.state();
+  }
+
+  async close(): Promise<void> {
+    if (this.#ownsDispatcher) await this.#dispatcher.close();
+  }
+
+  async request(req: UpstreamRequest): Promise<UpstreamResponse> {
+    this.#checkRequest(req);
+    if (req.signal?.aborted) throw this.#error('aborted', `${req.method} ${req.path} aborted before it started`);
+    const ticket = this.#breaker.enter();
+    if (ticket === undefined) {
+      const retryAfterMs = this.#breaker.retryAfterMs();
+      throw this.#error('circuit_open', `circuit open, upstream not contacted (next trial in ${retryAfterMs} ms)`, {
+        retryAfterMs,
+      });
+    }
+    const started = performance.now();
+    try {
+      const res = await this.#run(req);
+      ticket.settle(res.status >= 500 ? 'failure' : 'success');
+      this.#log.info({ method: req.method, path: req.path, status: res.status, ms: elapsed(started) }, 'upstream request');
+      return res;
+    } catch (err) {
+      ticket.settle(outcomeOf(err));
+      const kind = err instanceof UpstreamError ? err.kind : 'unexpected';
+      this.#log.info({ method: req.method, path: req.path, err: kind, ms: elapsed(started) }, 'upstream request failed');
+      throw err;
+    }
+  }
+
+  async #run(req: UpstreamRequest): Promise<UpstreamResponse> {
+    const scope = req.repository === '' ? '' : `repository:${req.repository}:pull`;
+    const headers = requestHeaders(req.headers);
+    const budget: Budget = { retriesLeft: this.#attempts, retriesUsed: 0, waited429: false };
+    let cred = this.#credentialFor(scope);
+    let challenged = false;
+    for (;;) {
+      const { res, url } = await this.#follow(req, headers, cred, budget);
+      if (res.statusCode === 401 && !challenged && url.origin === this.#origin) {
+        const next = await this.#answerChallenge(res, scope, cred, req.signal);
+        if (next !== undefined) {
+          cred = next;
+          challenged = true; // a second 401 goes back to the caller
+          continue;
+        }
+      }
+      return this.#toResponse(res, url, req);
+    }
+  }
+
+  #credentialFor(scope: string): Credential | undefined {
+    const token = this.#tokens.peek(scope);
+    if (token !== undefined) return { header: `Bearer ${token}`, bearer: token };
+    if (this.#usesBasic && this.#basic !== undefined) return { header: this.#basic };
+    return undefined;
+  }
+
+  /** The credential to retry a 401 with, or undefined when there is nothing better to send. */
+  async #answerChallenge(
+    res: Exchange,
+    scope: string,
+    sent: Credential | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<Credential | undefined> {
+    const challenges = parseWwwAuthenticate(headerValue(res.headers['www-authenticate']));
+    const bearer = challenges.find((c) => c.scheme === 'bearer' && c.params.realm !== undefined);
+    if (bearer !== undefined) {
+      await discard(res.body);
+      const realm = bearer.params.realm ?? '';
+      const service = bearer.params.service;
+      const token = await this.#abortable(
+        this.#tokens.obtain(scope, sent?.bearer, () => this.#fetchToken(realm, service, scope)),
+        signal,
+      );
+      return { header: `Bearer ${token}`, bearer: token };
+    }
+    if (challenges.some((c) => c.scheme === 'basic') && this.#basic !== undefined && sent?.header !== this.#basic) {
+      await discard(res.body);
+      if (!this.#usesBasic) {
+        this.#usesBasic = true;
+        this.#log.info('upstream uses Basic auth; sending credentials up front from now on');
+      }
+      return { header: this.#basic };
+    }
+    return undefined;
+  }
+
+  async #fetchToken(realm: string, service: string | undefined, scope: string): Promise<IssuedToken> {
+    let url: URL;
+    try {
+      url = new URL(realm);
+    } catch {
+      throw this.#error('auth_failed', 'token realm in WWW-Authenticate is not a URL');
+    }
+    if ((url.protocol !== 'http:' && url.protocol !== 'https:') || url.username !== '' || url.password !== '') {
+      throw this.#error('auth_failed', 'token realm must be an http(s) URL without credentials');
+    }
+    if (service !== undefined && service !== '') url.searchParams.set('service', service);
+    if (scope !== '') url.searchParams.set('scope', scope);
+    const where = `${url.origin}${url.pathname}`;
+    const headers: Record<string, string> = { accept: 'application/json' };
+    if (this.#basic !== undefined) headers.authorization = this.#basic;
+
+    let res: Exchange;
+    try {
+      const budget: Budget = { retriesLeft: this.#attempts, retriesUsed: 0, waited429: false };
+      res = await this.#attempt(budget, 'GET', url, headers, undefined, 'TOKEN');
+    } catch (err) {
+      const kind = err instanceof UpstreamError ? err.kind : 'unreachable';
+      throw this.#error('auth_failed', `token endpoint ${where} failed: ${kind}`, { cause: err });
+    }
+    if (res.statusCode < 200 || res.statusCode > 299) {
+      await discard(res.body);
+      throw this.#error('auth_failed', `token endpoint ${where} answered ${res.statusCode}`, { status: res.statusCode });
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(await readCapped(res.body, TOKEN_BODY_LIMIT));
+    } catch (err) {
+      throw this.#error('auth_failed', `token endpoint ${where} sent an unreadable reply`, {
+        status: res.statusCode,
+        cause: err instanceof UpstreamError ? err : undefined,
+      });
+    }
+    const body = (typeof parsed === 'object' && parsed !== null ? parsed : {}) as Record<string, unknown>;
+    const token = nonEmptyString(body.token) ?? nonEmptyString(body.access_token);
+    if (token === undefined) {
+      throw this.#error('auth_failed', `token endpoint ${where} sent no token`, { status: res.statusCode });
+    }
+    const expiresIn = typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : 60;
+    const issuedAt = typeof body.issued_at === 'string' ? Date.parse(body.issued_at) : Number.NaN;
+    this.#log.debug({ scope, expiresIn }, 'upstream token issued');
+    return { token, expiresInS: expiresIn, ...(Number.isNaN(issuedAt) ? {} : { issuedAtMs: issuedAt }) };
+  }
+
+  /** One hop chain: sends the request and follows redirects by hand. */
+  async #follow(
+    req: UpstreamRequest,
+    headers: Record<string, string>,
+    cred: Credential | undefined,
+    budget: Budget,
+  ): Promise<{ res: Exchange; url: URL }> {
+    let url = this.#urlFor(req.path);
+    for (let hops = 0; ; hops++) {
+      // Authorization goes to the registry's own origin only: a CDN (or anyone a
+      // registry redirects to) never sees it.
+      const sent = cred !== undefined && url.origin === this.#origin ? { ...headers, authorization: cred.header } : headers;
+      const res = await this.#attempt(budget, req.method, url, sent, req.signal, req.method);
+      if (!REDIRECT_STATUSES.has(res.statusCode)) return { res, url };
+      const location = headerValue(res.headers.location);
+      if (location === undefined) return { res, url };
+      await discard(res.body);
+      if (hops >= MAX_REDIRECTS) {
+        throw this.#error('too_many_redirects', `${req.method} ${req.path}: more than ${MAX_REDIRECTS} redirects`);
+      }
+      url = this.#redirectTarget(location, url, req);
+    }
+  }
+
+  #redirectTarget(location: string, from: URL, req: UpstreamRequest): URL {
+    let next: URL;
+    try {
+      next = new URL(location, from);
+    } catch {
+      throw this.#error('bad_redirect', `${req.method} ${req.path}: redirect Location is not a URL`);
+    }
+    if (next.protocol !== 'http:' && next.protocol !== 'https:') {
+      throw this.#error('bad_redirect', `${req.method} ${req.path}: redirect to a ${next.protocol} URL refused`);
+    }
+    if (next.username !== '' || next.password !== '') {
+      throw this.#error('bad_redirect', `${req.method} ${req.path}: redirect to a URL with credentials refused`);
+    }
+    next.hash = '';
+    return next;
+  }
+
+  /** One hop with retries: transport errors and 502/503/504 with backoff, one short 429 wait. */
+  async #attempt(
+    budget: Budget,
+    method: Method,
+    url: URL,
+    headers: Record<string, string>,
+    signal: AbortSignal | undefined,
+    label: string,
+  ): Promise<Exchange> {
+    for (;;) {
+      let res: Exchange;
+      try {
+        res = await this.#exchange(method, url, headers, signal, label);
+      } catch (err) {
+        if (!(err instanceof UpstreamError) || err.kind === 'aborted' || budget.retriesLeft <= 0) throw err;
+        await this.#backoff(budget, label, url, err.kind, signal);
+        continue;
+      }
+      if (RETRY_STATUSES.has(res.statusCode) && budget.retriesLeft > 0) {
+        await discard(res.body);
+        await this.#backoff(budget, label, url, String(res.statusCode), signal);
+        continue;
+      }
+      if (res.statusCode === 429 && !budget.waited429) {
+        const waitMs = parseRetryAfter(headerValue(res.headers['retry-after']));
+        if (waitMs !== undefined && waitMs <= this.#maxRetryAfterMs) {
+          budget.waited429 = true;
+          await discard(res.body);
+          this.#log.warn({ method: label, url: this.#describe(url), waitMs }, 'upstream rate limited (429); waiting Retry-After');
+          await this.#sleep(waitMs, signal);
+          continue;
+        }
+      }
+      return res;
+    }
+  }
+
+  async #backoff(budget: Budget, label: string, url: URL, reason: string, signal: AbortSignal | undefined): Promise<void> {
+    const delayMs = backoffDelay(budget.retriesUsed, this.#baseDelayMs);
+    budget.retriesLeft--;
+    budget.retriesUsed++;
+    this.#log.warn(
+      { method: label, url: this.#describe(url), reason, retry: budget.retriesUsed, delayMs },
+      'upstream request failed; retrying',
+    );
+    await this.#sleep(delayMs, signal);
+  }
+
+  /** One HTTP round trip, measured and logged. */
+  async #exchange(
+    method: Method,
+    url: URL,
+    headers: Record<string, string>,
+    signal: AbortSignal | undefined,
+    label: string,
+  ): Promise<Exchange> {
+    const registry = this.name;
+    const started = performance.now();
+    try {
+      const res = await undiciRequest(url, {
+        dispatcher: this.#dispatcher,
+        method,
+        headers,
+        signal,
+        headersTimeout: this.#headersMs,
+        bodyTimeout: this.#idleMs,
+      });
+      const ms = elapsed(started);
+      this.#metrics.upstreamRequests.inc({ registry, method: label, status: String(res.statusCode) });
+      this.#metrics.upstreamDuration.observe({ registry, method: label }, ms / 1000);
+      this.#noteRateLimit(res.headers);
+      this.#log.debug({ method: label, url: this.#describe(url), status: res.statusCode, ms }, 'upstream response');
+      return res;
+    } catch (err) {
+      const kind = classify(err, signal);
+      this.#metrics.upstreamRequests.inc({ registry, method: label, status: kind });
+      this.#log.debug({ method: label, url: this.#describe(url), err: kind, ms: elapsed(started) }, 'upstream request error');
+      throw this.#error(kind, `${label} ${this.#describe(url)}: ${causeText(err, kind)}`, { cause: err });
+    }
+  }
+
+  #toResponse(res: Exchange, url: URL, req: UpstreamRequest): UpstreamResponse {
+    let body: Readable;
+    if (req.method === 'HEAD') {
+      void discard(res.body);
+      body = emptyBody();
+    } else {
+      const registry = this.name;
+      body = new MeteredBody(
+        res.body,
+        (n) => this.#metrics.upstreamBytes.inc({ registry }, n),
+        (err) => this.#bodyError(err, req),
+      );
+    }
+    return { status: res.statusCode, headers: flattenHeaders(res.headers), body, url: url.href };
+  }
+
+  #bodyError(err: Error, req: UpstreamRequest): Error {
+    if (err instanceof UpstreamError) return err;
+    const kind = classify(err, req.signal);
+    const what =
+      kind === 'timeout' ? `body idle for more than ${this.#idleMs} ms` : kind === 'aborted' ? 'aborted' : 'connection lost mid-body';
+    return this.#error(kind, `${req.method} ${req.path}: ${what}`, { cause: err });
+  }
+
+  #noteRateLimit(headers: Exchange['headers']): void {
+    const remaining = leadingNumber(headerValue(headers['ratelimit-remaining']));
+    if (remaining !== undefined) this.#metrics.upstreamRateLimitRemaining.set({ registry: this.name }, remaining);
+    const limit = leadingNumber(headerValue(headers['ratelimit-limit']));
+    if (limit !== undefined) this.#metrics.upstreamRateLimitLimit.set({ registry: this.name }, limit);
+  }
+
+  #checkRequest(req: UpstreamRequest): void {
+    if (req.method !== 'GET' && req.method !== 'HEAD') throw new TypeError(`upstream ${this.name}: method must be GET or HEAD`);
+    if (!req.path.startsWith('/v2/')) throw new TypeError(`upstream ${this.name}: path must start with /v2/`);
+  }
+
+  #urlFor(path: string): URL {
+    const url = new URL(`${this.#origin}${this.#prefix}${path}`);
+    // Dot segments would otherwise walk out of /v2/ on the upstream.
+    if (!url.pathname.startsWith(`${this.#prefix}/v2/`)) throw new TypeError(`upstream ${this.name}: path escapes /v2/`);
+    return url;
+  }
+
+  /** For logs and messages: the query is kept on the registry's origin only (CDN queries are signatures). */
+  #describe(url: URL): string {
+    return url.origin === this.#origin ? `${url.pathname}${url.search}` : `${url.origin}${url.pathname}`;
+  }
+
+  async #sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+    try {
+      await sleep(ms, undefined, { signal });
+    } catch {
+      throw this.#error('aborted', 'aborted while waiting to retry');
+    }
+  }
+
+  #abortable<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+    if (signal === undefined) return p;
+    if (signal.aborted) return Promise.reject(this.#error('aborted', 'aborted while waiting for a token'));
+    return new Promise<T>((resolve, reject) => {
+      const onAbort = (): void => reject(this.#error('aborted', 'aborted while waiting for a token'));
+      signal.addEventListener('abort', onAbort, { once: true });
+      p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    });
+  }
+
+  #error(
+    kind: UpstreamErrorKind,
+    what: string,
+    opts: { cause?: unknown; status?: number; retryAfterMs?: number } = {},
+  ): UpstreamError {
+    return new UpstreamError(kind, this.name, `upstream ${this.name}: ${what}`, opts);
+  }
+}
+
+function classify(err: unknown, signal: AbortSignal | undefined): UpstreamErrorKind {
+  if (signal?.aborted) return 'aborted';
+  const code = (err as { code?: unknown } | null)?.code;
+  if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
+    return 'timeout';
+  }
+  if (code === 'UND_ERR_ABORTED' || code === 'UND_ERR_ABORT' || (err as Error | null)?.name === 'AbortError') return 'aborted';
+  return 'unreachable';
+}
+
+function causeText(err: unknown, kind: UpstreamErrorKind): string {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (code === 'UND_ERR_CONNECT_TIMEOUT') return 'connect timeout';
+  if (code === 'UND_ERR_HEADERS_TIMEOUT') return 'no response headers in time';
+  if (kind === 'aborted') return 'aborted';
+  // undici and node messages name the address and the syscall, never request headers.
+  return typeof code === 'string' ? `${code} (${(err as Error).message})` : (err as Error | null)?.message ?? String(err);
+}
+
+/** How a request()'s error reflects on the upstream's health. */
+function outcomeOf(err: unknown): Outcome {
+  if (!(err instanceof UpstreamError)) return 'neutral';
+  switch (err.kind) {
+    case 'unreachable':
+    case 'timeout':
+      return 'failure';
+    case 'auth_failed':
+      // The token service being down is an outage; it refusing credentials is not.
+      return err.status === undefined || err.status >= 500 ? 'failure' : 'success';
+    case 'too_many_redirects':
+    case 'bad_redirect':
+      return 'success';
+    default:
+      return 'neutral';
+  }
+}
+
+function requestHeaders(h: Record<string, string> | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (h === undefined) return out;
+  for (const [k, v] of Object.entries(h)) {
+    const name = k.toLowerCase();
+    if (!DROPPED_REQUEST_HEADERS.has(name)) out[name] = v;
+  }
+  return out;
+}
+
+function flattenHeaders(h: Exchange['headers']): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(h)) {
+    if (v === undefined) continue;
+    out[k.toLowerCase()] = Array.isArray(v) ? v.join(', ') : v;
+  }
+  return out;
+}
+
+function headerValue(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v.join(', ') : v;
+}
+
+/** `76;w=21600` -> 76 (Docker Hub's rate-limit headers). */
+function leadingNumber(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const m = /^\s*(\d+)/.exec(v);
+  return m?.[1] === undefined ? undefined : Number(m[1]);
+}
+
+function nonEmptyString(v: unknown): string | undefined {
+  return typeof v === 'string' && v !== '' ? v : undefined;
+}
+
+function elapsed(started: number): number {
+  return Math.round((performance.now() - started) * 10) / 10;
+}
+
+/** Drop a body we do not pass on; undici keeps the connection when the rest is small. */
+async function discard(body: Exchange['body']): Promise<void> {
+  try {
+    await body.dump({ limit: 64 * 1024 });
+  } catch {
+    // the connection is gone already; nothing to release
+  }
+}
+
+async function readCapped(body: Exchange['body'], limit: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) {
+      body.destroy();
+      throw new Error(`reply larger than ${limit} bytes`);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
