@@ -1,4 +1,5 @@
 // createApp(deps): the HTTP surface, with no I/O at import. main.ts builds the deps.
+import type { IncomingMessage } from 'node:http';
 import { Hono } from 'hono';
 import { RegistryError } from './errors.ts';
 import type { Logger } from './logger.ts';
@@ -7,6 +8,8 @@ import { errorResponse } from './http/error-handler.ts';
 import type { AppEnv } from './http/request-context.ts';
 import { requestLog } from './http/request-log.ts';
 import { v2Routes, type V2Deps } from './http/v2-routes.ts';
+
+const DOT_SEGMENT = /(^|\/)(\.|%2e){1,2}(\/|$)/i;
 
 export interface Readiness {
   ready: boolean;
@@ -23,6 +26,12 @@ export function createApp(d: AppDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
   app.use('*', requestLog(d.logger, d.metrics));
   app.onError((err, c) => errorResponse(err, c, d.logger));
+  app.use('*', async (c, next) => {
+    // The URL parser resolves dot segments before routing; judge the path as the client sent it.
+    const raw = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming?.url ?? '';
+    if (DOT_SEGMENT.test(raw.split('?')[0] ?? '')) throw new RegistryError('NAME_INVALID', 'path contains dot segments');
+    await next();
+  });
   app.notFound(() => {
     throw new RegistryError('NAME_UNKNOWN', 'no such endpoint', { status: 404 });
   });

@@ -34,13 +34,14 @@ export function v2Routes(d: V2Deps): Hono<AppEnv> {
       info.kind = 'base';
       return respond(c, 200, { ...API_VERSION, 'Content-Type': 'application/json', 'Content-Length': '2' }, Buffer.from('{}'));
     }
+    if (method !== 'GET' && method !== 'HEAD') {
+      // Uploads, deletes, anything that writes: refused whatever the path.
+      throw new RegistryError('UNSUPPORTED', `${method} is not supported: this is a read-only pull-through mirror`, { headers: { Allow: 'GET, HEAD' } });
+    }
     const route = d.router.resolve(rest, url.searchParams.get('ns') ?? undefined);
     info.kind = route.kind;
     info.registry = route.registry;
     info.repository = route.repository;
-    if (method !== 'GET' && method !== 'HEAD') {
-      throw new RegistryError('UNSUPPORTED', `${method} is not supported: this is a read-only pull-through mirror`, { headers: { Allow: 'GET, HEAD' } });
-    }
     const kindLabel = route.kind === 'tags' ? 'tags' : route.kind === 'referrers' ? 'referrers' : route.kind === 'blobs' ? 'blob' : 'manifest';
 
     switch (route.kind) {

@@ -470,6 +470,7 @@ export class RegistryClient {
   #checkRequest(req: UpstreamRequest): void {
     if (req.method !== 'GET' && req.method !== 'HEAD') throw new TypeError(`upstream ${this.name}: method must be GET or HEAD`);
     if (!req.path.startsWith('/v2/')) throw new TypeError(`upstream ${this.name}: path must start with /v2/`);
+    this.#urlFor(req.path);
   }
 
   #urlFor(path: string): URL {
