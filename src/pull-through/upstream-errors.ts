@@ -53,6 +53,9 @@ export async function errorFromUpstream(res: UpstreamResponse, registry: string,
 export function errorFromTransport(e: unknown, registry: string): RegistryError {
   if (e instanceof RegistryError) return e;
   if (e instanceof UpstreamError) {
+    if (e.kind === 'auth_failed' && e.status === 401) return new RegistryError('UNAUTHORIZED', `upstream ${registry} refused our credentials`);
+    if (e.kind === 'auth_failed' && e.status === 403) return new RegistryError('DENIED', `upstream ${registry} denied access`);
+    if (e.kind === 'too_many_redirects' || e.kind === 'bad_redirect') return new RegistryError('UNAVAILABLE', `upstream ${registry} sent an unusable redirect (${e.kind})`, { status: 502 });
     return new RegistryError('UNAVAILABLE', `upstream ${registry} unavailable (${e.kind})`);
   }
   return new RegistryError('UNAVAILABLE', `upstream ${registry} request failed`);
@@ -61,5 +64,7 @@ export function errorFromTransport(e: unknown, registry: string): RegistryError 
 /** Whether an upstream failure justifies serving stale content (outage-like, not "it is gone"). */
 export function isOutage(e: unknown, status?: number): boolean {
   if (status !== undefined) return status >= 500 || status === 429;
-  return e instanceof UpstreamError && e.kind !== 'aborted';
+  if (!(e instanceof UpstreamError) || e.kind === 'aborted') return false;
+  // The token endpoint saying no is an answer, not an outage.
+  return !(e.kind === 'auth_failed' && e.status !== undefined && e.status < 500);
 }
