@@ -128,8 +128,10 @@ export class BlobFill {
     if (outcome === 'committed') {
       this.state = 'committed';
     } else {
-      this.state = 'failed';
+      // Remove the temp file before readers learn of the failure: once a client sees its
+      // transfer aborted, no trace of the bad bytes is left.
       await fs.rm(this.tempPath, { force: true }).catch(() => undefined);
+      this.state = 'failed';
     }
     this.notify();
     this.maybeClose();

@@ -96,7 +96,7 @@ export async function pushBlob(registryUrl: string, repo: string, data: Buffer, 
   const put = await fetch(loc, {
     method: 'PUT',
     headers: { ...auth, 'content-type': 'application/octet-stream', 'content-length': String(data.length) },
-    body: data,
+    body: new Uint8Array(data) as Uint8Array<ArrayBuffer>,
   });
   await put.arrayBuffer();
   if (put.status !== 201) throw new Error(`upload of ${digest} to ${repo}: ${put.status}`);

@@ -1,0 +1,192 @@
+// Blob fills against a real Distribution upstream behind a tampering pass-through:
+// one upstream GET for a herd, streaming before the fill ends, slow and leaving clients,
+// and hostile upstreams (corrupt, truncated, failing, hanging) that must leave nothing cached.
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { buildImages, pushImages, type PushedImages } from './fixtures/images.ts';
+import { startRegistry, type RegistryFixture } from './fixtures/registry.ts';
+import { startTamperProxy, type TamperProxy } from './fixtures/tamper-proxy.ts';
+import { download, pushBlob, randomBlob } from './helpers/http-client.ts';
+import { startOcirelay, type OcirelayProcess } from './helpers/ocirelay-process.ts';
+
+const MiB = 1024 * 1024;
+let upstream: RegistryFixture;
+let tamper: TamperProxy;
+let images: PushedImages;
+let proxy: OcirelayProcess;
+
+before(async () => {
+  upstream = await startRegistry({ auth: 'none' });
+  const built = await buildImages(); // the 256 MiB layer
+  images = await pushImages(upstream, built);
+  tamper = await startTamperProxy(upstream.url);
+  proxy = await startOcirelay({
+    registries: { 'docker.io': { url: tamper.url } },
+    upstream: { headersTimeout: '2s', idleTimeout: '2s', retries: 1, breakerMaxFails: 1000 },
+  });
+});
+
+after(async () => {
+  await proxy?.cleanup();
+  await tamper?.stop();
+  await upstream?.stop();
+});
+
+const blobFile = (digest: string) => path.join(proxy.dataDir, 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7));
+const tempFiles = async () => readdir(path.join(proxy.dataDir, 'tmp'));
+const blobUrl = (repo: string, digest: string) => `${proxy.url}/v2/${repo}/blobs/${digest}`;
+
+async function coldBlob(repo: string, bytes: number): Promise<string> {
+  return pushBlob(upstream.url, repo, randomBlob(bytes));
+}
+
+describe('one upstream download per digest', () => {
+  test('16 concurrent cold GETs of the 256 MiB layer: one upstream GET, 16 verified bodies', async () => {
+    const layer = images.big.layers[0]!;
+    assert.ok(layer.size >= 256 * MiB);
+    const url = blobUrl('library/big', layer.digest);
+    const results = await Promise.all(Array.from({ length: 16 }, () => download(url)));
+    for (const r of results) {
+      assert.equal(r.status, 200);
+      assert.equal(r.aborted, false);
+      assert.equal(r.size, layer.size);
+      assert.equal(r.sha256, layer.digest);
+    }
+    assert.equal(tamper.count({ method: 'GET', pathIncludes: layer.digest }), 1, 'one GET reached the pass-through');
+    assert.equal(await upstream.countRequests({ method: 'GET', pathIncludes: layer.digest }), 1, 'one GET reached the registry');
+    assert.equal(await proxy.metric('ocirelay_coalesced_waiters_total'), 15);
+    assert.ok(existsSync(blobFile(layer.digest)));
+    // Warm now: no more upstream traffic.
+    const warm = await download(url);
+    assert.equal(warm.sha256, layer.digest);
+    assert.equal(await upstream.countRequests({ method: 'GET', pathIncludes: layer.digest }), 1);
+  });
+
+  test('the first byte does not wait for the whole download', async () => {
+    const digest = await coldBlob('stream/first-byte', 4 * MiB);
+    tamper.setMode(digest, 'slow', { bytesPerSecond: 1 * MiB });
+    try {
+      let inFlightAtFirstByte = -1;
+      let checked: Promise<void> | undefined;
+      const r = await download(blobUrl('stream/first-byte', digest), {
+        onChunk: () => {
+          if (!checked) checked = proxy.metric('ocirelay_fills_in_flight').then((v) => void (inFlightAtFirstByte = v));
+        },
+      });
+      await checked;
+      assert.equal(r.sha256, digest);
+      assert.ok(r.totalMs > 2500, `throttled download took ${r.totalMs} ms`);
+      assert.ok(r.firstByteMs < r.totalMs / 3, `first byte after ${r.firstByteMs} ms of ${r.totalMs}`);
+      assert.equal(inFlightAtFirstByte, 1, 'bytes reached the client while the fill was still running');
+    } finally {
+      tamper.clearRules();
+    }
+  });
+
+  test('a slow client neither slows the fill nor is cut off; a client leaving does not cancel it', async () => {
+    const size = 64 * MiB;
+    const digest = await coldBlob('stream/slow', size);
+    const url = blobUrl('stream/slow', digest);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    // Reads its first chunk, then stalls until the others are done.
+    const slow = download(url, { onChunk: (n) => (n < 4 * MiB ? gate : undefined) });
+    const leaving = download(url, { abortAfter: 1 * MiB });
+    const fast = await Promise.all(Array.from({ length: 3 }, () => download(url)));
+    for (const f of fast) assert.equal(f.sha256, digest);
+    assert.equal((await leaving).aborted, true);
+    // The fill finished while the slow client was still stalled.
+    assert.ok(existsSync(blobFile(digest)), 'committed while a client was stalled');
+    assert.equal(await proxy.metric('ocirelay_fills_in_flight'), 0);
+    release();
+    const s = await slow;
+    assert.equal(s.aborted, false);
+    assert.equal(s.size, size);
+    assert.equal(s.sha256, digest);
+    assert.equal(tamper.count({ method: 'GET', pathIncludes: digest }), 1);
+  });
+
+  test('a client leaving alone does not cancel the fill', async () => {
+    const digest = await coldBlob('stream/alone', 16 * MiB);
+    const r = await download(blobUrl('stream/alone', digest), { abortAfter: 512 * 1024 });
+    assert.equal(r.aborted, true);
+    for (let i = 0; i < 100 && !existsSync(blobFile(digest)); i++) await new Promise((res) => setTimeout(res, 50));
+    assert.ok(existsSync(blobFile(digest)), 'the fill completed and committed without any client');
+    const again = await download(blobUrl('stream/alone', digest));
+    assert.equal(again.sha256, digest);
+    assert.equal(tamper.count({ method: 'GET', pathIncludes: digest }), 1);
+  });
+});
+
+describe('hostile upstreams: clients see errors, nothing is cached', () => {
+  for (const mode of ['corrupt', 'truncate'] as const) {
+    test(`${mode}: every client stream of the fill is aborted and no byte is cached`, async () => {
+      const size = 8 * MiB;
+      const digest = await coldBlob(`hostile/${mode}`, size);
+      const url = blobUrl(`hostile/${mode}`, digest);
+      const metricBefore = await proxy.metric('ocirelay_fills_total', { result: mode === 'corrupt' ? 'digest_mismatch' : 'truncated' });
+      tamper.setMode(digest, mode, { method: 'GET' });
+      try {
+        const results = await Promise.all(Array.from({ length: 3 }, () => download(url)));
+        for (const r of results) {
+          assert.equal(r.aborted, true, 'the transfer must not end cleanly');
+          assert.ok(r.size < size, 'the last byte is never delivered');
+        }
+      } finally {
+        tamper.clearRules();
+      }
+      assert.equal(existsSync(blobFile(digest)), false, 'nothing committed');
+      assert.deepEqual(await tempFiles(), [], 'no temp file left');
+      assert.equal(await proxy.metric('ocirelay_fills_total', { result: mode === 'corrupt' ? 'digest_mismatch' : 'truncated' }), metricBefore + 1);
+      if (mode === 'corrupt') assert.ok((await proxy.metric('ocirelay_digest_mismatches_total', { kind: 'blob' })) >= 1);
+      // The upstream heals: the next pull gets the right bytes.
+      const ok = await download(url);
+      assert.equal(ok.aborted, false);
+      assert.equal(ok.sha256, digest);
+    });
+  }
+
+  test('an upstream answering 503 gives an OCI UNAVAILABLE error, and nothing is cached', async () => {
+    const digest = await coldBlob('hostile/fail', 1 * MiB);
+    tamper.setMode(digest, 'fail', { status: 503 });
+    try {
+      const r = await download(blobUrl('hostile/fail', digest), { keep: true });
+      assert.equal(r.status, 503);
+      assert.equal((JSON.parse(r.body!.toString()) as { errors: Array<{ code: string }> }).errors[0]?.code, 'UNAVAILABLE');
+    } finally {
+      tamper.clearRules();
+    }
+    assert.equal(existsSync(blobFile(digest)), false);
+  });
+
+  test('a hanging upstream times out into an OCI error instead of hanging the client', async () => {
+    const digest = await coldBlob('hostile/hang', 1 * MiB);
+    tamper.setMode(digest, 'hang', { method: 'GET' });
+    try {
+      const r = await download(blobUrl('hostile/hang', digest), { keep: true, timeoutMs: 30_000 });
+      assert.equal(r.status, 503);
+      assert.equal((JSON.parse(r.body!.toString()) as { errors: Array<{ code: string }> }).errors[0]?.code, 'UNAVAILABLE');
+    } finally {
+      tamper.clearRules();
+    }
+    assert.equal(existsSync(blobFile(digest)), false);
+    assert.deepEqual(await tempFiles(), []);
+  });
+
+  test('a redirect to a CDN host is followed without our Authorization, content verified', async () => {
+    const digest = await coldBlob('redirect/app', 2 * MiB);
+    tamper.setMode(digest, 'redirect', { method: 'GET' });
+    try {
+      const r = await download(blobUrl('redirect/app', digest));
+      assert.equal(r.sha256, digest);
+      const cdn = tamper.cdnRequests.filter((c) => c.path.includes(digest.slice(7)));
+      assert.equal(cdn.length, 1);
+      assert.equal(cdn[0]!.authorization, undefined);
+    } finally {
+      tamper.clearRules();
+    }
+  });
+});
