@@ -335,6 +335,10 @@ test('tamper proxy: passthrough, corrupt, truncate, fail, hang, slow', async (t)
     assert.equal(contentLength, bigLayer.size);
     assert.equal(complete, false);
     assert.equal(received, Math.floor(bigLayer.size / 2));
+    assert.deepEqual(
+      { status: proxy.requests.at(-1)?.status, mode: proxy.requests.at(-1)?.mode },
+      { status: 200, mode: 'truncate' },
+    );
     await assert.rejects(fetch(`${proxy.url}${blobPath}`).then((res) => res.arrayBuffer()));
   });
 
