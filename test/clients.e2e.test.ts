@@ -57,6 +57,7 @@ describe('containerd (hosts.toml mirror, ?ns=)', () => {
     assert.equal(check.digest, images.single.manifestDigest);
     assert.equal((await containerd.readFile(ref, images.single.file.path)).trim(), images.single.file.content.trim());
     // Every request carried ns=docker.io and was served by the mirror.
+    await proxy.flushLogs();
     const lines = proxy.logs().filter((l) => l.msg === 'request' && typeof l.path === 'string' && (l.path as string).includes('/single/'));
     assert.ok(lines.length >= 3);
     assert.ok(lines.every((l) => l.ns === 'docker.io' && l.status === 200));
@@ -78,6 +79,7 @@ describe('containerd (hosts.toml mirror, ?ns=)', () => {
     const ref = 'ghcr.io/library/single:1.0';
     await containerd.pull(ref, hosts);
     assert.equal((await containerd.readFile(ref, images.single.file.path)).trim(), images.single.file.content.trim());
+    await proxy.flushLogs();
     assert.ok(proxy.logs().some((l) => l.ns === 'ghcr.io' && l.upstream === 'ghcr.io' && l.status === 200));
   });
 });
@@ -89,6 +91,7 @@ describe('skopeo', () => {
     const out = path.join(dir, 'skopeo-mirror');
     await skopeoCopy('docker://docker.io/library/v2s2:1.0', `dir:${out}`, { registriesConf: conf, timeoutMs: 120_000 });
     await verifyDirCopy(out, images.v2s2.manifestDigest);
+    await proxy.flushLogs();
     assert.ok(proxy.logs().some((l) => typeof l.path === 'string' && (l.path as string).startsWith('/v2/docker.io/library/v2s2/') && l.status === 200));
   });
 

@@ -20,7 +20,8 @@ after(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-function assertNoSecrets(proxy: OcirelayProcess, secret: string): void {
+async function assertNoSecrets(proxy: OcirelayProcess, secret: string): Promise<void> {
+  await proxy.flushLogs();
   const all = JSON.stringify(proxy.logs()) + proxy.stderr();
   assert.ok(!all.includes(secret), 'password never logged');
   assert.ok(!all.includes(Buffer.from(`tester:${secret}`).toString('base64')), 'Basic credentials never logged');
@@ -63,7 +64,7 @@ for (const auth of ['basic', 'token'] as const) {
       }
       // Credentials are sent pre-emptively after the first challenge: one 401 for the whole pull.
       assert.equal((await upstream.countRequests({ status: 401 })) - challengesBefore, 1);
-      assertNoSecrets(proxy, upstream.password);
+      await assertNoSecrets(proxy, upstream.password);
     });
 
     test('a blob is never served under a repository that does not reference it', async () => {
@@ -95,7 +96,7 @@ for (const auth of ['basic', 'token'] as const) {
         const r = await fetch(`${bad.url}/v2/library/single/manifests/1.0`);
         assert.equal(r.status, 401);
         assert.equal(((await r.json()) as { errors: Array<{ code: string }> }).errors[0]?.code, 'UNAUTHORIZED');
-        assertNoSecrets(bad, 'wrong-password');
+        await assertNoSecrets(bad, 'wrong-password');
       } finally {
         await bad.cleanup();
       }

@@ -18,7 +18,11 @@ export interface OcirelayProcess {
   dir: string;
   /** JSON log lines so far. */
   logs(): Array<Record<string, unknown>>;
+  /** The first log line matching `pred`, waiting (bounded) for it: logs are written asynchronously. */
+  waitForLog(pred: (l: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
   stderr(): string;
+  /** Resolves once every log line written before the call is in logs() (lines are written in order). */
+  flushLogs(): Promise<void>;
   metrics(): Promise<string>;
   /** A metric's value summed over series whose labels include all of `labels`. */
   metric(name: string, labels?: Record<string, string>): Promise<number>;
@@ -90,7 +94,21 @@ export async function startOcirelay(config: Record<string, unknown>, opts: { dir
     dataDir,
     dir,
     logs: () => lines,
+    waitForLog: async (pred, timeoutMs = 5000) => {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const hit = lines.find(pred);
+        if (hit) return hit;
+        if (Date.now() > deadline) throw new Error(`no matching log line within ${timeoutMs} ms`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
     stderr: () => err,
+    flushLogs: async () => {
+      const id = `flush-${Math.random().toString(36).slice(2)}`;
+      await (await fetch(`${url}/v2/`, { headers: { 'x-request-id': id } })).arrayBuffer();
+      await proc.waitForLog((l) => l.reqId === id);
+    },
     metrics: async () => (await fetch(`${url}/metrics`)).text(),
     metric: async (name, labels = {}) => {
       const text = await proc.metrics();
