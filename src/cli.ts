@@ -53,6 +53,19 @@ export async function runCli(argv: string[]): Promise<number> {
     }
     throw e;
   }
+  // Signal handlers go in before start-up, so a SIGTERM during it is a clean stop, not a kill.
+  let signalled: string | undefined;
+  let onSignal: ((signal: string) => void) | undefined;
+  const handler = (signal: NodeJS.Signals) => {
+    if (signalled) {
+      process.stderr.write(`ocirelay: second ${signal}: exiting now\n`);
+      process.exit(1);
+    }
+    signalled = signal;
+    onSignal?.(signal);
+  };
+  process.on('SIGTERM', handler);
+  process.on('SIGINT', handler);
   let proxy;
   try {
     proxy = await startProxy(config);
@@ -62,18 +75,11 @@ export async function runCli(argv: string[]): Promise<number> {
   }
   const running = proxy;
   await new Promise<void>((resolve) => {
-    let stopping = false;
-    const stop = (signal: string) => {
-      if (stopping) {
-        running.logger.warn({ signal }, 'second signal: exiting now');
-        process.exit(1);
-      }
-      stopping = true;
+    onSignal = (signal) => {
       running.logger.info({ signal }, 'signal received');
       void running.close().then(resolve);
     };
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
+    if (signalled) onSignal(signalled);
   });
   return 0;
 }

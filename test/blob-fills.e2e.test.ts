@@ -2,6 +2,9 @@
 // one upstream GET for a herd, streaming before the fill ends, slow and leaving clients,
 // and hostile upstreams (corrupt, truncated, failing, hanging) that must leave nothing cached.
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { existsSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
@@ -190,3 +193,72 @@ describe('hostile upstreams: clients see errors, nothing is cached', () => {
     }
   });
 });
+
+describe('hostile upstreams: manifests', () => {
+  async function putManifest(repo: string, tag: string, manifest: object): Promise<string> {
+    const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } }));
+    const configDigest = await pushBlob(upstream.url, repo, config);
+    const body = Buffer.from(JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: configDigest, size: config.length },
+      layers: [],
+      ...manifest,
+    }));
+    const res = await fetch(`${upstream.url}/v2/${repo}/manifests/${tag}`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' },
+      body: new Uint8Array(body) as Uint8Array<ArrayBuffer>,
+    });
+    await res.arrayBuffer();
+    assert.equal(res.status, 201, 'manifest pushed');
+    return res.headers.get('docker-content-digest')!;
+  }
+  const ACCEPT = 'application/vnd.oci.image.manifest.v1+json';
+
+  test('a manifest over 4 MiB is refused, and not cached', async () => {
+    // Distribution itself refuses to store such a manifest, so a hostile upstream of our own
+    // serves one: by tag with a Content-Length, and by digest chunked (no length up front).
+    const big = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: ACCEPT, annotations: { pad: 'x'.repeat(4 * MiB + 10) } }));
+    const digest = `sha256:${createHash('sha256').update(big).digest('hex')}`;
+    const hostile = http.createServer((req, res) => {
+      if (req.url?.includes('/manifests/v1')) res.writeHead(200, { 'content-type': ACCEPT, 'content-length': big.length, 'docker-content-digest': digest });
+      else res.writeHead(200, { 'content-type': ACCEPT });
+      res.end(req.method === 'HEAD' ? undefined : big);
+    });
+    await new Promise<void>((r) => hostile.listen(0, '127.0.0.1', r));
+    const p2 = await startOcirelay({ registries: { 'huge.test': { url: `http://127.0.0.1:${(hostile.address() as AddressInfo).port}` } } });
+    try {
+      for (const ref of ['v1', digest]) {
+        const r = await download(`${p2.url}/v2/huge.test/huge/manifest/manifests/${ref}`, { headers: { accept: ACCEPT }, keep: true });
+        assert.equal(r.status, 502, ref);
+        assert.equal((JSON.parse(r.body!.toString()) as { errors: Array<{ code: string }> }).errors[0]?.code, 'MANIFEST_INVALID');
+      }
+      assert.equal(existsSync(path.join(p2.dataDir, 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7))), false);
+    } finally {
+      await p2.cleanup();
+      hostile.close();
+    }
+  });
+
+  test('a corrupted manifest is refused by tag and by digest, and never cached', async () => {
+    const digest = await putManifest('corrupt/manifest', 'v1', { annotations: { note: 'will be corrupted on the wire' } });
+    const before = await proxy.metric('ocirelay_digest_mismatches_total', { kind: 'manifest' });
+    tamper.setMode('/corrupt/manifest/manifests/', 'corrupt', { method: 'GET' });
+    try {
+      for (const ref of ['v1', digest]) {
+        const r = await download(`${proxy.url}/v2/corrupt/manifest/manifests/${ref}`, { headers: { accept: ACCEPT }, keep: true });
+        assert.equal(r.status, 502, ref);
+        assert.equal((JSON.parse(r.body!.toString()) as { errors: Array<{ code: string }> }).errors[0]?.code, 'DIGEST_INVALID');
+      }
+    } finally {
+      tamper.clearRules();
+    }
+    assert.equal(await proxy.metric('ocirelay_digest_mismatches_total', { kind: 'manifest' }), before + 2);
+    assert.equal(existsSync(blobFile(digest)), false);
+    const good = await download(`${proxy.url}/v2/corrupt/manifest/manifests/v1`, { headers: { accept: ACCEPT } });
+    assert.equal(good.status, 200);
+    assert.equal(good.sha256, digest);
+  });
+});
+
