@@ -13,6 +13,8 @@ const DOT_SEGMENT = /(^|\/)(\.|%2e){1,2}(\/|$)/i;
 
 export interface Readiness {
   ready: boolean;
+  /** Still ready, but something is wrong (e.g. the disk cache is unwritable). */
+  degraded?: boolean;
   problems: string[];
 }
 
@@ -43,7 +45,7 @@ export function createApp(d: AppDeps): Hono<AppEnv> {
   app.get('/readyz', (c) => {
     c.get('info').kind = 'ops';
     const r = d.readiness();
-    return c.json({ status: r.ready ? 'ready' : 'not ready', problems: r.problems }, r.ready ? 200 : 503);
+    return c.json({ status: !r.ready ? 'not ready' : r.degraded ? 'degraded' : 'ready', problems: r.problems }, r.ready ? 200 : 503);
   });
   app.get('/metrics', async (c) => {
     c.get('info').kind = 'ops';

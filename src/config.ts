@@ -18,7 +18,19 @@ export interface Config {
   readonly dataDir: string;
   readonly defaultRegistry: string;
   readonly registries: ReadonlyMap<string, RegistryConfig>;
-  readonly cache: { readonly maxBytes: number; readonly memoryBytes: number };
+  readonly cache: {
+    readonly maxBytes: number;
+    readonly memoryBytes: number;
+    /** Eviction starts when the disk cache exceeds this fraction of maxBytes... */
+    readonly highWatermark: number;
+    /** ...and frees down to this fraction. */
+    readonly lowWatermark: number;
+  };
+  readonly admin: {
+    readonly listen: { readonly host: string; readonly port: number };
+    /** Bearer token for the admin API; when absent only loopback clients are served. */
+    readonly token?: string;
+  };
   readonly upstream: {
     readonly connectTimeoutMs: number;
     readonly headersTimeoutMs: number;
@@ -122,6 +134,15 @@ const listen = z.string().transform((v, ctx) => {
     return z.NEVER;
   }
 });
+/** 0.9, or "90%". */
+const fraction = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  const n = typeof v === 'number' ? v : /^\s*\d+(\.\d+)?\s*%\s*$/.test(v) ? Number(v.trim().replace('%', '')) / 100 : NaN;
+  if (!(n > 0 && n <= 1)) {
+    ctx.addIssue({ code: 'custom', message: `"${v}" is not a fraction between 0 and 1 (examples: 0.9, 90%)` });
+    return z.NEVER;
+  }
+  return n;
+});
 const upstreamUrl = z.string().refine(
   (v) => {
     try {
@@ -156,7 +177,11 @@ const fileSchema = z
     dataDir: z.string().min(1).optional(),
     defaultRegistry: z.string().optional(),
     registries: z.record(z.string(), registrySchema).optional(),
-    cache: z.object({ maxBytes: size.optional(), memoryBytes: size.optional() }).strict().optional(),
+    cache: z
+      .object({ maxBytes: size.optional(), memoryBytes: size.optional(), highWatermark: fraction.optional(), lowWatermark: fraction.optional() })
+      .strict()
+      .optional(),
+    admin: z.object({ listen: listen.optional(), token: z.string().min(8).optional(), tokenFile: z.string().min(1).optional() }).strict().optional(),
     upstream: z
       .object({
         connectTimeout: duration.optional(),
@@ -256,13 +281,30 @@ export function loadConfig(src: ConfigSources = {}): Config {
   const maxBytes = c.cache?.maxBytes ?? 50 * 2 ** 30;
   const memoryBytes = c.cache?.memoryBytes ?? 256 * 2 ** 20;
   if (memoryBytes > maxBytes) throw new ConfigError('invalid config: cache.memoryBytes: must not exceed cache.maxBytes');
+  const highWatermark = c.cache?.highWatermark ?? 0.9;
+  const lowWatermark = c.cache?.lowWatermark ?? 0.8;
+  if (lowWatermark >= highWatermark) throw new ConfigError('invalid config: cache.lowWatermark: must be below cache.highWatermark');
+  if (c.admin?.token !== undefined && c.admin.tokenFile !== undefined) throw new ConfigError('invalid config: admin: set either token or tokenFile, not both');
+  let adminToken = c.admin?.token;
+  if (c.admin?.tokenFile !== undefined) {
+    try {
+      adminToken = readFileSync(path.resolve(cwd, c.admin.tokenFile), 'utf8').trim();
+    } catch (e) {
+      throw new ConfigError(`invalid config: admin.tokenFile: cannot read: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+    }
+    if (adminToken.length < 8) throw new ConfigError('invalid config: admin.tokenFile: token must be at least 8 characters');
+  }
 
   const cfg: Config = {
     listen: Object.freeze(c.listen ?? { host: '0.0.0.0', port: 5000 }),
     dataDir: path.resolve(cwd, c.dataDir ?? './data'),
     defaultRegistry,
     registries,
-    cache: Object.freeze({ maxBytes, memoryBytes }),
+    cache: Object.freeze({ maxBytes, memoryBytes, highWatermark, lowWatermark }),
+    admin: Object.freeze({
+      listen: Object.freeze(c.admin?.listen ?? { host: '127.0.0.1', port: 5050 }),
+      ...(adminToken !== undefined ? { token: adminToken } : {}),
+    }),
     upstream: Object.freeze({
       connectTimeoutMs: c.upstream?.connectTimeout ?? 5_000,
       headersTimeoutMs: c.upstream?.headersTimeout ?? 30_000,

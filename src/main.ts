@@ -1,5 +1,6 @@
 // Wires everything from a Config: stores, index, upstream clients, services, the HTTP server.
 // Every piece of state is built here and passed in; nothing lives in module-level singletons.
+import fs from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import { createAdaptorServer } from '@hono/node-server';
@@ -15,6 +16,8 @@ import { ManifestService } from './pull-through/manifest-service.ts';
 import { RegistryRouter } from './registry-router.ts';
 import { CacheIndex } from './storage/cache-index.ts';
 import { DiskBlobStore } from './storage/disk-blob-store.ts';
+import { DiskHealth } from './storage/disk-health.ts';
+import { Evictor } from './storage/evictor.ts';
 import { CacheLayout } from './storage/layout.ts';
 import { MemoryCache } from './storage/memory-cache.ts';
 import { RegistryClient } from './upstream/registry-client.ts';
@@ -37,10 +40,12 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
   const disk = new DiskBlobStore(layout, logger);
   const index = new CacheIndex(layout, logger);
   const diskInfo = await disk.init();
-  const indexInfo = await index.init();
+  const indexInfo = await index.init((d) => disk.has(d));
   const memory = new MemoryCache(config.cache.memoryBytes);
   metrics.cacheBytes.set({ tier: 'disk' }, disk.bytes);
   metrics.cacheEntries.set({ tier: 'disk' }, disk.count);
+  // A writable data dir is required to start at all (later trouble only degrades caching).
+  await fs.access(layout.tmpDir, fs.constants.W_OK);
 
   const dispatcher = new Agent({
     connect: { timeout: config.upstream.connectTimeoutMs },
@@ -68,12 +73,21 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
   }
 
   const fills = new BlobFills(metrics, logger);
-  const blobs = new BlobService({ disk, memory, index, fills, upstreams, metrics, logger });
+  const evictor = new Evictor(disk, index, memory, metrics, logger, {
+    maxBytes: config.cache.maxBytes,
+    highWatermark: config.cache.highWatermark,
+    lowWatermark: config.cache.lowWatermark,
+    inFlightBytes: () => fills.inFlightBytes(),
+  });
+  const health = new DiskHealth(layout.tmpDir, metrics, logger, 5000, () => void evictor.check());
+  const blobs = new BlobService({ disk, memory, index, fills, upstreams, evictor, health, metrics, logger });
   const manifests = new ManifestService({
     disk,
     memory,
     index,
     upstreams,
+    evictor,
+    health,
     metrics,
     logger,
     tagTtlMs: (registry) => config.registries.get(registry)?.tagTtlMs ?? 300_000,
@@ -85,7 +99,9 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
   const readiness = (): Readiness => {
     const problems: string[] = [];
     if (shuttingDown) problems.push('shutting down');
-    return { ready: problems.length === 0, problems };
+    // An unwritable disk does not stop pulls (they stream through uncached): report, stay ready.
+    const degraded = health.writable ? [] : [`disk cache not writable (${health.problem}): pulls stream through uncached`];
+    return { ready: problems.length === 0, problems: [...problems, ...degraded], degraded: degraded.length > 0 };
   };
   metrics.cacheBytes.set({ tier: 'memory' }, 0);
   const app = createApp({ router, blobs, manifests, listings, metrics, logger, readiness });
@@ -126,6 +142,7 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
     (closing ??= (async () => {
       shuttingDown = true;
       clearInterval(memGauge);
+      health.stop();
       logger.info({ fillsInFlight: fills.size }, 'shutting down: finishing in-flight pulls');
       const serverClosed = new Promise<void>((r) => server.close(() => r()));
       server.closeIdleConnections();

@@ -112,6 +112,35 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly evictions = new Counter({
+    name: 'ocirelay_evictions_total',
+    help: 'Objects evicted from the disk cache by reason (unreferenced: no cached manifest or tag refers to it; lru: least recently used)',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly evictedBytes = new Counter({
+    name: 'ocirelay_evicted_bytes_total',
+    help: 'Bytes evicted from the disk cache by reason',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly diskWritable = new Gauge({
+    name: 'ocirelay_disk_writable',
+    help: '1 while the disk cache accepts writes; 0 while pulls stream through uncached (ENOSPC, read-only, permissions)',
+    registers: [this.registry],
+  });
+  readonly diskErrors = new Counter({
+    name: 'ocirelay_disk_errors_total',
+    help: 'Disk cache write failures by error code',
+    labelNames: ['code'] as const,
+    registers: [this.registry],
+  });
+  readonly cacheBudgetBytes = new Gauge({
+    name: 'ocirelay_cache_budget_bytes',
+    help: 'The disk cache budget (cache.maxBytes)',
+    registers: [this.registry],
+  });
+
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: 'ocirelay_' });
   }

@@ -22,10 +22,14 @@ function run(args: string[], env: Record<string, string> = {}, opts: { untilLog?
     const child = spawn(process.execPath, [BIN, ...args], { cwd: dir, env: { ...process.env, OCIRELAY_CONFIG: '', OCIRELAY_LISTEN: '', OCIRELAY_DATA_DIR: '', ...env } });
     let stdout = '';
     let stderr = '';
+    let signalled = false;
     const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
     child.stdout.setEncoding('utf8').on('data', (s: string) => {
       stdout += s;
-      if (opts.untilLog && stdout.includes(opts.untilLog)) child.kill('SIGTERM');
+      if (opts.untilLog && !signalled && stdout.includes(opts.untilLog)) {
+        signalled = true;
+        child.kill('SIGTERM');
+      }
     });
     child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
     child.on('error', reject);

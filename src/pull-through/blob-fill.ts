@@ -36,6 +36,8 @@ export interface FillHooks {
   /** Move the verified, fsync'd temp file into place (and index it). */
   commit(tempPath: string, size: number, smallCopy: Buffer | undefined): Promise<void>;
   onFinished(fill: BlobFill, outcome: 'committed' | FillFailure): void;
+  /** A cache write failed (ENOSPC, EROFS...): the disk is in trouble. */
+  onDiskError(e: unknown): void;
   /** Keep an in-memory copy of blobs up to this size (for the memory tier). */
   smallCopyMax: number;
 }
@@ -115,6 +117,7 @@ export class BlobFill {
       this.fh = await fs.open(this.tempPath, 'w+');
     } catch (e) {
       src.body.destroy();
+      this.hooks.onDiskError(e);
       this.state = 'failed';
       this.error = new FillError('disk_error', `cannot create temp file: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
       this.rejectReady(this.error);
@@ -164,7 +167,10 @@ export class BlobFill {
         if (e instanceof FillError) throw e;
         if (this.abort.signal.aborted) throw new FillError('aborted', 'fill cancelled');
         const code = (e as NodeJS.ErrnoException).code;
-        if (code === 'ENOSPC' || code === 'EIO' || code === 'EDQUOT' || code === 'EROFS') throw new FillError('disk_error', `disk write failed: ${code}`);
+        if (code === 'ENOSPC' || code === 'EIO' || code === 'EDQUOT' || code === 'EROFS') {
+          this.hooks.onDiskError(e);
+          throw new FillError('disk_error', `disk write failed: ${code}`);
+        }
         throw new FillError('truncated', `upstream body failed after ${this.written} bytes: ${(e as Error).message}`);
       }
       if (src.size !== undefined && this.written !== src.size) {
@@ -176,6 +182,7 @@ export class BlobFill {
         await fh.sync();
         await this.hooks.commit(this.tempPath, this.written, keep ? Buffer.concat(keep) : undefined);
       } catch (e) {
+        this.hooks.onDiskError(e);
         throw new FillError('disk_error', `commit failed: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
       }
       this.size = this.written;

@@ -22,6 +22,13 @@ export class BlobFills {
     return this.inFlight.size;
   }
 
+  /** Bytes the running fills will put on disk (expected size, else what they wrote so far). */
+  inFlightBytes(): number {
+    let n = 0;
+    for (const f of this.inFlight.values()) n += f.size ?? f.written;
+    return n;
+  }
+
   /**
    * Join the fill of `digest` if one runs, else start one with `hooks`. Registration is
    * synchronous, so concurrent callers in the same tick all end up on the same fill.

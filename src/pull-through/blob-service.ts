@@ -11,8 +11,11 @@ import type { CacheIndex } from '../storage/cache-index.ts';
 import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
 import type { MemoryCache } from '../storage/memory-cache.ts';
 import type { RegistryClient } from '../upstream/registry-client.ts';
-import type { BlobFill } from './blob-fill.ts';
+import type { DiskHealth } from '../storage/disk-health.ts';
+import type { Evictor } from '../storage/evictor.ts';
+import { FillError, type BlobFill } from './blob-fill.ts';
 import type { BlobFills } from './blob-fills.ts';
+import { verifiedStream } from './verified-stream.ts';
 import { errorFromTransport, errorFromUpstream } from './upstream-errors.ts';
 
 export interface BlobRequest {
@@ -38,6 +41,8 @@ export interface BlobServiceDeps {
   index: CacheIndex;
   fills: BlobFills;
   upstreams: ReadonlyMap<string, RegistryClient>;
+  evictor: Evictor;
+  health: DiskHealth;
   metrics: Metrics;
   logger: Logger;
 }
@@ -108,6 +113,7 @@ export class BlobService {
     }
 
     if (req.method === 'HEAD') return this.headUpstream(req);
+    if (!this.d.health.writable && !fills.get(req.digest)) return this.streamThrough(req);
 
     const origin = `${req.registry}/${req.repository}`;
     let fill = fills.get(req.digest);
@@ -120,12 +126,14 @@ export class BlobService {
       const started = fills.joinOrStart(req.digest, origin, disk.tempPathFor(req.digest), {
         smallCopyMax: memory.maxObjectBytes,
         openUpstream: (signal) => this.openUpstream(req, signal),
+        onDiskError: (e) => this.d.health.failed(e, 'filling a blob'),
         commit: async (tmp, sz, small) => {
           await disk.commitTemp(tmp, req.digest, sz);
           index.link(req.registry, req.repository, req.digest);
           if (small) memory.set(req.digest, small);
           this.d.metrics.cacheBytes.set({ tier: 'disk' }, disk.bytes);
           this.d.metrics.cacheEntries.set({ tier: 'disk' }, disk.count);
+          void this.d.evictor.check();
         },
       });
       fill = started.fill;
@@ -137,7 +145,15 @@ export class BlobService {
   }
 
   private async serveFill(req: BlobRequest, fill: BlobFill, joined: boolean): Promise<BlobResponse> {
-    await fill.ready;
+    try {
+      await fill.ready;
+    } catch (e) {
+      // No temp file could be made: serve this client straight through, uncached.
+      if (e instanceof FillError && e.reason === 'disk_error') return this.streamThrough(req);
+      throw e;
+    }
+    // The fill's bytes will land on disk: make room before they do.
+    if (!joined) void this.d.evictor.check();
     if (fill.state === 'committed') {
       // Finished while we waited: it is on disk now (its fd may already be closed).
       this.d.index.link(req.registry, req.repository, req.digest);
@@ -169,6 +185,23 @@ export class BlobService {
     const cl = res.headers['content-length'];
     const size = cl !== undefined && /^\d+$/.test(cl) ? Number(cl) : undefined;
     return { body: res.body, size };
+  }
+
+  /** The disk cache is unwritable: one upstream GET per client, verified on the way, nothing stored. */
+  private async streamThrough(req: BlobRequest): Promise<BlobResponse> {
+    const ac = new AbortController();
+    const { body, size } = await this.openUpstream(req, ac.signal);
+    this.d.index.link(req.registry, req.repository, req.digest);
+    const headers: Record<string, string> = { 'Content-Type': OCTET, 'Docker-Content-Digest': req.digest, ETag: `"${req.digest}"` };
+    if (size !== undefined) headers['Content-Length'] = String(size);
+    const stream = verifiedStream(body, req.digest, size, (outcome) => {
+      if (outcome === 'ok') return;
+      this.d.metrics.fillResults.inc({ result: outcome.reason });
+      if (outcome.reason === 'digest_mismatch' || outcome.reason === 'size_mismatch') this.d.metrics.digestMismatches.inc({ kind: 'blob' });
+      this.d.logger.warn({ digest: req.digest, err: outcome.message }, 'pass-through failed verification; client stream aborted');
+    });
+    // A Range cannot be verified on its own: the whole blob is sent (clients accept a 200).
+    return { status: 200, headers, body: stream, source: 'upstream', cache: 'bypass' };
   }
 
   /** Make sure the repository may see this digest: a known link, or the upstream says so. */

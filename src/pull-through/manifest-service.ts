@@ -10,6 +10,8 @@ import { MAX_MANIFEST_BYTES, accepts, guessManifestMediaType, parseManifest, ups
 import { isSha256Digest } from '../oci/reference.ts';
 import type { CacheIndex } from '../storage/cache-index.ts';
 import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
+import type { DiskHealth } from '../storage/disk-health.ts';
+import type { Evictor } from '../storage/evictor.ts';
 import type { MemoryCache } from '../storage/memory-cache.ts';
 import type { RegistryClient, UpstreamResponse } from '../upstream/registry-client.ts';
 import { errorFromTransport, errorFromUpstream, isOutage } from './upstream-errors.ts';
@@ -34,6 +36,8 @@ export interface ManifestServiceDeps {
   memory: MemoryCache;
   index: CacheIndex;
   upstreams: ReadonlyMap<string, RegistryClient>;
+  evictor: Evictor;
+  health: DiskHealth;
   tagTtlMs: (registry: string) => number;
   metrics: Metrics;
   logger: Logger;
@@ -122,6 +126,9 @@ export class ManifestService {
 
   private async byTag(req: ManifestRequest): Promise<ManifestResponse> {
     const { index } = this.d;
+    const frozen = index.frozen(req.registry, req.repository, req.reference);
+    // A frozen tag serves its digest whatever the upstream says, without asking it.
+    if (frozen) return this.byDigest({ ...req, reference: frozen.digest });
     const rec = index.tag(req.registry, req.repository, req.reference);
     const body = rec ? await this.cached(rec.digest) : undefined;
     if (!rec || !body) {
@@ -227,10 +234,21 @@ export class ManifestService {
     } catch {
       throw new RegistryError('MANIFEST_INVALID', 'upstream manifest is not valid JSON', { status: 502 });
     }
-    await this.d.disk.put(digest, body);
     this.d.memory.set(digest, body);
+    let stored = this.d.health.writable;
+    if (stored) {
+      try {
+        await this.d.disk.put(digest, body);
+        void this.d.evictor.check();
+      } catch (e) {
+        stored = false;
+        this.d.health.failed(e, 'storing a manifest');
+      }
+    }
     const { index } = this.d;
-    index.recordManifest(digest, mediaType, body.length);
+    // Only content on disk is recorded as cached; the memory copy serves meanwhile.
+    if (stored) index.recordManifest(digest, mediaType, body.length, [...refs.blobs, ...refs.manifests].filter(isSha256Digest));
+
     index.link(req.registry, req.repository, digest);
     for (const d of refs.blobs) if (isSha256Digest(d)) index.link(req.registry, req.repository, d);
     for (const d of refs.manifests) if (isSha256Digest(d)) index.link(req.registry, req.repository, d);

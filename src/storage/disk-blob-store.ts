@@ -7,12 +7,19 @@ import type { ByteRange } from '../oci/range.ts';
 import type { BlobStore } from './blob-store.ts';
 import type { CacheLayout } from './layout.ts';
 
+/** How often at most a read refreshes a blob's mtime (its persisted recency). */
+const TOUCH_PERSIST_MS = 10 * 60_000;
+
 /**
- * The disk tier: owns blobs/ and tmp/ under the data dir and the in-memory map of what is
- * committed there (digest -> size), rebuilt from the directory at start-up.
+ * The disk tier: owns blobs/ and tmp/ under the data dir, the in-memory map of what is
+ * committed there (digest -> size), the recency order (least recently used first; persisted
+ * as file mtimes, so it survives a restart) and the count of open readers per digest.
  */
 export class DiskBlobStore implements BlobStore {
   private readonly sizes = new Map<string, number>();
+  /** digest -> last access (ms). Map order is recency order: oldest first. */
+  private readonly recency = new Map<string, { at: number; persisted: number }>();
+  private readonly readers = new Map<string, number>();
   private totalBytes = 0;
 
   constructor(
@@ -31,20 +38,28 @@ export class DiskBlobStore implements BlobStore {
       removedTemps++;
     }
     this.sizes.clear();
+    this.recency.clear();
     this.totalBytes = 0;
+    const found: Array<{ digest: string; size: number; mtime: number }> = [];
     const shards = await fs.readdir(this.layout.blobsDir);
     await Promise.all(
       shards.map(async (shard) => {
         if (!/^[a-f0-9]{2}$/.test(shard)) return;
         const dir = path.join(this.layout.blobsDir, shard);
-        for (const ent of await fs.readdir(dir, { withFileTypes: true })) {
-          if (!ent.isFile() || !/^[a-f0-9]{64}$/.test(ent.name) || !ent.name.startsWith(shard)) continue;
-          const st = await fs.stat(path.join(dir, ent.name));
-          this.sizes.set(`sha256:${ent.name}`, st.size);
-          this.totalBytes += st.size;
-        }
+        const names = (await fs.readdir(dir)).filter((n) => /^[a-f0-9]{64}$/.test(n) && n.startsWith(shard));
+        const stats = await Promise.all(names.map((n) => fs.stat(path.join(dir, n)).catch(() => undefined)));
+        names.forEach((n, i) => {
+          const st = stats[i];
+          if (st?.isFile()) found.push({ digest: `sha256:${n}`, size: st.size, mtime: st.mtimeMs });
+        });
       }),
     );
+    found.sort((a, b) => a.mtime - b.mtime);
+    for (const f of found) {
+      this.sizes.set(f.digest, f.size);
+      this.recency.set(f.digest, { at: f.mtime, persisted: f.mtime });
+      this.totalBytes += f.size;
+    }
     if (removedTemps > 0) this.logger.info({ removedTemps }, 'removed leftovers of interrupted fills');
     return { blobs: this.sizes.size, bytes: this.totalBytes, removedTemps };
   }
@@ -55,6 +70,33 @@ export class DiskBlobStore implements BlobStore {
 
   get count(): number {
     return this.sizes.size;
+  }
+
+  /** Record a read: moves the digest to the most-recent end; persists it now and then. */
+  touch(digest: string, now = Date.now()): void {
+    const r = this.recency.get(digest);
+    if (!r) return;
+    this.recency.delete(digest);
+    this.recency.set(digest, { at: now, persisted: r.persisted });
+    if (now - r.persisted > TOUCH_PERSIST_MS) {
+      r.persisted = now;
+      const t = new Date(now);
+      void fs.utimes(this.layout.blobPath(digest), t, t).catch(() => undefined);
+    }
+  }
+
+  lastAccess(digest: string): number | undefined {
+    return this.recency.get(digest)?.at;
+  }
+
+  /** Digests from least to most recently used. */
+  lruOrder(): IterableIterator<string> {
+    return this.recency.keys();
+  }
+
+  /** Whether a reader has the digest open right now. */
+  isOpen(digest: string): boolean {
+    return (this.readers.get(digest) ?? 0) > 0;
   }
 
   has(digest: string): boolean {
@@ -79,13 +121,20 @@ export class DiskBlobStore implements BlobStore {
     try {
       // Open first so a concurrent delete shows up here as a miss, not as a stream error later.
       const fh = await fs.open(file, 'r');
+      this.readers.set(digest, (this.readers.get(digest) ?? 0) + 1);
+      this.touch(digest);
       return createReadStream('', {
         fd: fh.fd,
         start: range?.start,
         end: range?.end,
         highWaterMark: 256 * 1024,
         autoClose: true,
-      }).on('close', () => void fh.close().catch(() => undefined));
+      }).on('close', () => {
+        const n = (this.readers.get(digest) ?? 1) - 1;
+        if (n <= 0) this.readers.delete(digest);
+        else this.readers.set(digest, n);
+        void fh.close().catch(() => undefined);
+      });
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
         this.forget(digest);
@@ -98,7 +147,9 @@ export class DiskBlobStore implements BlobStore {
   async read(digest: string): Promise<Buffer | undefined> {
     if (!this.sizes.has(digest)) return undefined;
     try {
-      return await fs.readFile(this.layout.blobPath(digest));
+      const b = await fs.readFile(this.layout.blobPath(digest));
+      this.touch(digest);
+      return b;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
         this.forget(digest);
@@ -135,6 +186,9 @@ export class DiskBlobStore implements BlobStore {
       this.sizes.set(digest, size);
       this.totalBytes += size;
     }
+    const now = Date.now();
+    this.recency.delete(digest);
+    this.recency.set(digest, { at: now, persisted: now });
   }
 
   async delete(digest: string): Promise<void> {
@@ -148,5 +202,6 @@ export class DiskBlobStore implements BlobStore {
       this.sizes.delete(digest);
       this.totalBytes -= s;
     }
+    this.recency.delete(digest);
   }
 }

@@ -1,0 +1,136 @@
+// Command-line options of `npm run bench`: which scenarios, which sizes, how many repetitions,
+// and the three presets (full, --quick, --smoke). Pure: no I/O, so the smoke test can check it.
+import { parseArgs } from 'node:util';
+
+export const SCENARIOS = ['cold-pull', 'herd', 'warm-throughput', 'manifest-load', 'peak-rss', 'startup'] as const;
+export type ScenarioId = (typeof SCENARIOS)[number];
+
+/** Layer sizes the upstream is seeded with, by name. */
+export const SIZE_BYTES = {
+  '1m': 2 ** 20,
+  '4m': 4 * 2 ** 20,
+  '64m': 64 * 2 ** 20,
+  '256m': 256 * 2 ** 20,
+  '1g': 2 ** 30,
+} as const;
+export type SizeName = keyof typeof SIZE_BYTES;
+
+export type Mode = 'full' | 'quick' | 'smoke';
+
+export interface BenchOptions {
+  mode: Mode;
+  scenarios: ScenarioId[];
+  /** Repetitions per contender and case. */
+  reps: number;
+  /** Repetitions for cases involving the 1 GiB layer (they take the longest). */
+  repsLarge: number;
+  /** Layer sizes for cold pulls and warm throughput. */
+  sizes: SizeName[];
+  /** The blob the herd scenario asks for. */
+  herdSize: SizeName;
+  /** Concurrent clients in the herd scenario. */
+  herdClients: number[];
+  /** Concurrent clients in the warm-throughput scenario. */
+  warmClients: number[];
+  /** Seconds of load per manifest measurement. */
+  loadSeconds: number;
+  loadConnections: number;
+  /** Cached blobs on disk for the start-up scenario. */
+  startupBlobs: number;
+  /** Where the JSON, Markdown and SVG go. */
+  outDir: string;
+  /** Also write latest.md (off for --out-dir elsewhere unless asked). */
+  writeLatest: boolean;
+  /** Extra node flags for every ocirelay process, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof". */
+  ocirelayNodeArgs: string[];
+  /** Include the multi-arch index in the cold pulls. */
+  pullIndex: boolean;
+}
+
+export const USAGE = `usage: npm run bench -- [options]
+
+  --scenarios a,b    ${SCENARIOS.join(', ')} (default: all)
+  --sizes a,b        layer sizes for cold-pull and warm-throughput: ${Object.keys(SIZE_BYTES).join(', ')}
+                     (default 4m,256m,1g)
+  --reps N           repetitions per contender and case (default 5)
+  --reps-large N     repetitions for 1g cases (default: --reps)
+  --herd-size S      blob size for the herd (default 256m)
+  --load-seconds N   seconds of load per manifest measurement (default 5)
+  --startup-blobs N  cached blobs for the start-up scenario (default 100000)
+  --quick            a check in under two minutes: 3 reps, 4m+256m, herd of 16, 2 s loads, 20k blobs
+  --smoke            seconds: 1 rep, 1 MiB layers, 200 blobs, 1 s loads (CI)
+  --out-dir DIR      where results go (default bench/results)
+  --node-args "..."  extra node flags for ocirelay (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof")
+`;
+
+function list(v: string | undefined): string[] | undefined {
+  return v === undefined ? undefined : v.split(',').map((s) => s.trim()).filter(Boolean);
+}
+
+function positiveInt(name: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`--${name}: expected a positive integer, got "${v}"`);
+  return n;
+}
+
+function sizeName(v: string): SizeName {
+  if (!(v in SIZE_BYTES)) throw new Error(`unknown size "${v}" (have: ${Object.keys(SIZE_BYTES).join(', ')})`);
+  return v as SizeName;
+}
+
+export function parseBenchArgs(argv: string[], defaultOutDir: string): BenchOptions | 'help' {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      scenarios: { type: 'string' },
+      sizes: { type: 'string' },
+      reps: { type: 'string' },
+      'reps-large': { type: 'string' },
+      'herd-size': { type: 'string' },
+      'load-seconds': { type: 'string' },
+      'startup-blobs': { type: 'string' },
+      quick: { type: 'boolean' },
+      smoke: { type: 'boolean' },
+      'out-dir': { type: 'string' },
+      'node-args': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) return 'help';
+  if (values.quick && values.smoke) throw new Error('--quick and --smoke exclude each other');
+  const mode: Mode = values.smoke ? 'smoke' : values.quick ? 'quick' : 'full';
+
+  const preset: Omit<BenchOptions, 'scenarios' | 'outDir' | 'writeLatest' | 'ocirelayNodeArgs'> =
+    mode === 'smoke'
+      ? { mode, reps: 1, repsLarge: 1, sizes: ['1m'], herdSize: '1m', herdClients: [4], warmClients: [1, 4], loadSeconds: 1, loadConnections: 16, startupBlobs: 200, pullIndex: true }
+      : mode === 'quick'
+        ? { mode, reps: 3, repsLarge: 3, sizes: ['4m', '256m'], herdSize: '256m', herdClients: [16], warmClients: [1, 8], loadSeconds: 2, loadConnections: 64, startupBlobs: 20_000, pullIndex: false }
+        : { mode, reps: 5, repsLarge: 5, sizes: ['4m', '256m', '1g'], herdSize: '256m', herdClients: [16, 32], warmClients: [1, 8], loadSeconds: 5, loadConnections: 64, startupBlobs: 100_000, pullIndex: true };
+
+  const scenarios = (list(values.scenarios) ?? [...SCENARIOS]).map((s) => {
+    if (!(SCENARIOS as readonly string[]).includes(s)) throw new Error(`unknown scenario "${s}" (have: ${SCENARIOS.join(', ')})`);
+    return s as ScenarioId;
+  });
+  const reps = positiveInt('reps', values.reps) ?? preset.reps;
+  const outDir = values['out-dir'] ?? defaultOutDir;
+  return {
+    ...preset,
+    scenarios,
+    reps,
+    repsLarge: positiveInt('reps-large', values['reps-large']) ?? (values.reps !== undefined ? reps : preset.repsLarge),
+    sizes: (list(values.sizes) ?? preset.sizes).map(sizeName),
+    herdSize: values['herd-size'] !== undefined ? sizeName(values['herd-size']) : preset.herdSize,
+    loadSeconds: positiveInt('load-seconds', values['load-seconds']) ?? preset.loadSeconds,
+    startupBlobs: positiveInt('startup-blobs', values['startup-blobs']) ?? preset.startupBlobs,
+    outDir,
+    writeLatest: true,
+    ocirelayNodeArgs: (values['node-args'] ?? '').split(/\s+/).filter(Boolean),
+  };
+}
+
+/** Repetitions for a case that involves `size`. */
+export function repsFor(o: BenchOptions, size: SizeName): number {
+  return SIZE_BYTES[size] >= SIZE_BYTES['1g'] ? o.repsLarge : o.reps;
+}
