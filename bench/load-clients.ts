@@ -5,41 +5,64 @@ import { runCommand } from '../test/fixtures/processes.ts';
 
 export interface CurlResult {
   status: number;
+  /** Body bytes received over all repeats. */
   bytes: number;
-  /** Seconds from start to the first body byte, as curl measured it. */
+  /** Seconds from start to the first body byte of the first transfer, as curl measured it. */
   ttfbS: number;
+  /** Seconds of all transfers together. */
   totalS: number;
 }
 
-const CURL_FORMAT = '%{http_code} %{size_download} %{time_starttransfer} %{time_total}';
+const CURL_FORMAT = '%{http_code} %{size_download} %{time_starttransfer} %{time_total}\\n';
 
-/** One GET with curl, body discarded. Rejects on a transport error or a short body. */
-export async function curlGet(url: string, opts: { expectBytes?: number; timeoutMs: number; headers?: Record<string, string> }): Promise<CurlResult> {
-  const args = ['-s', '-S', '-o', '/dev/null', '-w', CURL_FORMAT];
+export interface CurlOptions {
+  /** Bytes each transfer must deliver. */
+  expectBytes?: number;
+  timeoutMs: number;
+  headers?: Record<string, string>;
+  /** Download the URL this many times in a row on one keep-alive connection (default 1). */
+  repeat?: number;
+}
+
+/** GETs with curl, bodies discarded. Rejects on a transport error, a non-200 or a short body. */
+export async function curlGet(url: string, opts: CurlOptions): Promise<CurlResult> {
+  const repeat = opts.repeat ?? 1;
+  const args = ['-s', '-S', '-w', CURL_FORMAT];
   for (const [k, v] of Object.entries(opts.headers ?? {})) args.push('-H', `${k}: ${v}`);
-  args.push(url);
+  for (let i = 0; i < repeat; i++) args.push('-o', '/dev/null', url);
   const { stdout } = await runCommand('curl', args, { timeoutMs: opts.timeoutMs });
-  const [code, size, ttfb, total] = stdout.trim().split(' ').map(Number);
-  const r: CurlResult = { status: code ?? 0, bytes: size ?? 0, ttfbS: ttfb ?? NaN, totalS: total ?? NaN };
-  if (r.status !== 200) throw new Error(`GET ${url}: status ${r.status}`);
-  if (opts.expectBytes !== undefined && r.bytes !== opts.expectBytes) throw new Error(`GET ${url}: ${r.bytes} bytes, expected ${opts.expectBytes}`);
+  const lines = stdout.trim().split('\n');
+  if (lines.length !== repeat) throw new Error(`GET ${url}: curl reported ${lines.length} transfers, expected ${repeat}`);
+  const r: CurlResult = { status: 0, bytes: 0, ttfbS: NaN, totalS: 0 };
+  for (const [i, line] of lines.entries()) {
+    const [code, size, ttfb, total] = line.trim().split(' ').map(Number);
+    if (code !== 200) throw new Error(`GET ${url}: status ${code}`);
+    if (opts.expectBytes !== undefined && size !== opts.expectBytes) throw new Error(`GET ${url}: ${size} bytes, expected ${opts.expectBytes}`);
+    r.status = code;
+    r.bytes += size ?? 0;
+    if (i === 0) r.ttfbS = ttfb ?? NaN;
+    r.totalS += total ?? 0;
+  }
   return r;
 }
 
 export interface ConcurrentResult {
   /** Wall time from the first client's start to the last client's end. */
   wallS: number;
+  /** Body bytes all clients received. */
+  bytes: number;
   clients: CurlResult[];
 }
 
 /** `n` curl clients started together against one URL; resolves when every one is done. */
-export async function concurrentGets(url: string, n: number, opts: { expectBytes: number; timeoutMs: number }): Promise<ConcurrentResult> {
+export async function concurrentGets(url: string, n: number, opts: CurlOptions): Promise<ConcurrentResult> {
   const t0 = performance.now();
   const settled = await Promise.allSettled(Array.from({ length: n }, () => curlGet(url, opts)));
   const wallS = (performance.now() - t0) / 1000;
   const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
   if (failed) throw failed.reason;
-  return { wallS, clients: settled.map((s) => (s as PromiseFulfilledResult<CurlResult>).value) };
+  const clients = settled.map((s) => (s as PromiseFulfilledResult<CurlResult>).value);
+  return { wallS, bytes: clients.reduce((a, c) => a + c.bytes, 0), clients };
 }
 
 export interface WrkResult {

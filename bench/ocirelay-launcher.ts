@@ -34,8 +34,8 @@ export interface RunningOcirelay {
   readyzMs: number;
   /** ms from spawn to the 'ocirelay ready' line (undefined when logLevel hides it). */
   readyLogMs: number | undefined;
-  /** The `startupMs` ocirelay itself logged (undefined when logLevel hides it). */
-  reportedStartupMs: number | undefined;
+  /** The 'ocirelay ready' log line (startupMs, cachedBlobs, ...); undefined when logLevel hides it. */
+  readyLine: Record<string, unknown> | undefined;
   outputTail(): string;
   /** SIGTERM, SIGKILL after `graceMs`; resolves when the process is gone. */
   stop(graceMs?: number): Promise<void>;
@@ -98,7 +98,7 @@ export class OcirelayLauncher {
     let output = '';
     let partial = '';
     let readyLogMs: number | undefined;
-    let reportedStartupMs: number | undefined;
+    let readyLine: Record<string, unknown> | undefined;
     const keep = (s: string) => {
       output = (output + s).slice(-KEEP_OUTPUT);
     };
@@ -112,8 +112,7 @@ export class OcirelayLauncher {
         if (!line.includes('"ocirelay ready"')) continue;
         readyLogMs = performance.now() - t0;
         try {
-          const parsed = JSON.parse(line) as { startupMs?: number };
-          reportedStartupMs = parsed.startupMs;
+          readyLine = JSON.parse(line) as Record<string, unknown>;
         } catch {
           // a non-JSON line that happens to contain the text: the timing still counts
         }
@@ -168,7 +167,7 @@ export class OcirelayLauncher {
       dataDir,
       readyzMs,
       readyLogMs,
-      reportedStartupMs,
+      readyLine,
       outputTail: () => output,
       stop: async (graceMs = 30_000) => {
         if (exit) return;

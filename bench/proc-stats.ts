@@ -42,3 +42,20 @@ export async function writtenBytes(pid: number): Promise<number | undefined> {
     return undefined;
   }
 }
+
+/** User + system CPU seconds the process has used so far (from /proc/PID/stat). */
+export async function cpuSeconds(pid: number): Promise<number | undefined> {
+  try {
+    const text = await readFile(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+    const utime = Number(rest[11]);
+    const stime = Number(rest[12]);
+    return (utime + stime) / CLOCK_TICKS;
+  } catch {
+    return undefined;
+  }
+}
+
+/** USER_HZ: 100 on every Linux this runs on (getconf CLK_TCK). */
+const CLOCK_TICKS = 100;

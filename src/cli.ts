@@ -1,14 +1,19 @@
-// `ocirelay <command> [flags]`. Only `serve` exists for now; admin commands come with the admin API.
+// `ocirelay <command> [flags]`: `serve` runs the proxy (and reads its config); every other
+// command is an admin client (src/admin-cli/) talking to a running proxy's admin API, which
+// needs no config file, only --admin URL and a token.
 import { parseArgs } from 'node:util';
+import { adminUsage, isAdminCommand, runAdminCommand } from './admin-cli/commands.ts';
 import { ConfigError, loadConfig } from './config.ts';
 import { startProxy } from './main.ts';
 
 const USAGE = `usage: ocirelay serve [--config FILE] [--listen HOST:PORT] [--data-dir DIR]
+       ocirelay ls | stats | pin | unpin | freeze | unfreeze | prefetch | purge | history [flags]
 
   --config FILE       YAML config (env OCIRELAY_CONFIG)
   --listen HOST:PORT  listen address, default 0.0.0.0:5000 (env OCIRELAY_LISTEN)
   --data-dir DIR      cache directory, default ./data (env OCIRELAY_DATA_DIR)
-`;
+
+${adminUsage()}`;
 
 export async function runCli(argv: string[]): Promise<number> {
   const [cmd = 'serve', ...rest] = argv;
@@ -16,6 +21,7 @@ export async function runCli(argv: string[]): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
+  if (isAdminCommand(cmd)) return runAdmin(cmd, rest);
   if (cmd !== 'serve') {
     process.stderr.write(`ocirelay: unknown command "${cmd}"\n${USAGE}`);
     return 2;
@@ -82,4 +88,16 @@ export async function runCli(argv: string[]): Promise<number> {
     if (signalled) onSignal(signalled);
   });
   return 0;
+}
+
+/** Ctrl-C aborts the admin command's requests (a prefetch job goes on in the server). */
+async function runAdmin(cmd: string, rest: string[]): Promise<number> {
+  const interrupt = new AbortController();
+  const onSigint = () => interrupt.abort();
+  process.once('SIGINT', onSigint);
+  try {
+    return await runAdminCommand(cmd, rest, { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin, env: process.env, interrupt: interrupt.signal });
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
 }

@@ -19,6 +19,9 @@ export const OCI_ERROR_STATUS = {
   TOOMANYREQUESTS: 429,
   UNAVAILABLE: 503,
   UNKNOWN: 500,
+  // Admin API only
+  NOT_FOUND: 404,
+  BAD_REQUEST: 400,
 } as const;
 
 export type OciErrorCode = keyof typeof OCI_ERROR_STATUS;

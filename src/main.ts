@@ -13,6 +13,10 @@ import { BlobFills } from './pull-through/blob-fills.ts';
 import { BlobService } from './pull-through/blob-service.ts';
 import { ListingService } from './pull-through/listing-service.ts';
 import { ManifestService } from './pull-through/manifest-service.ts';
+import { CacheAdmin } from './admin/cache-admin.ts';
+import { createAdminApp } from './admin/admin-app.ts';
+import { ImagePuller } from './admin/image-puller.ts';
+import { PrefetchJobs } from './admin/prefetch-jobs.ts';
 import { RegistryRouter } from './registry-router.ts';
 import { CacheIndex } from './storage/cache-index.ts';
 import { DiskBlobStore } from './storage/disk-blob-store.ts';
@@ -25,6 +29,7 @@ import { RegistryClient } from './upstream/registry-client.ts';
 export interface RunningProxy {
   url: string;
   port: number;
+  adminUrl: string;
   metrics: Metrics;
   logger: Logger;
   /** Stop accepting, let in-flight pulls and fills finish (bounded), close the index. */
@@ -108,16 +113,23 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
   const server = createAdaptorServer({ fetch: app.fetch }) as Server;
   server.keepAliveTimeout = 65_000;
   server.requestTimeout = 0; // blobs may take long; idle sockets are bounded by keepAliveTimeout
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.listen.port, config.listen.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
+
+  const puller = new ImagePuller(manifests, blobs, disk, index);
+  const cacheAdmin = new CacheAdmin({ index, disk, memory, evictor, health, puller, metrics, maxBytes: config.cache.maxBytes, memoryBytes: config.cache.memoryBytes });
+  const jobs = new PrefetchJobs(puller, logger);
+  const adminApp = createAdminApp({ admin: cacheAdmin, jobs, router, logger, ...(config.admin.token !== undefined ? { token: config.admin.token } : {}) });
+  const adminServer = createAdaptorServer({ fetch: adminApp.fetch }) as Server;
+
+  const port = await listen(server, config.listen);
+  const adminPort = await listen(adminServer, config.admin.listen).catch(async (e: unknown) => {
+    await new Promise<void>((r) => server.close(() => r()));
+    throw e;
   });
-  const port = (server.address() as AddressInfo).port;
-  const host = config.listen.host === '0.0.0.0' || config.listen.host === '::' ? '127.0.0.1' : config.listen.host;
-  const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const url = urlOf(config.listen.host, port);
+  const adminUrl = urlOf(config.admin.listen.host, adminPort);
+  if (config.admin.token === undefined && !isLoopbackHost(config.admin.listen.host)) {
+    logger.warn({ admin: `${config.admin.listen.host}:${adminPort}` }, 'admin API has no token: it answers loopback clients only');
+  }
   const memGauge = setInterval(() => {
     metrics.cacheBytes.set({ tier: 'memory' }, memory.bytes);
     metrics.cacheEntries.set({ tier: 'memory' }, memory.count);
@@ -126,6 +138,7 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
   logger.info(
     {
       listen: `${config.listen.host}:${port}`,
+      admin: `${config.admin.listen.host}:${adminPort}`,
       dataDir: config.dataDir,
       registries: [...config.registries.values()].map((r) => `${r.name}=${r.url}`),
       defaultRegistry: config.defaultRegistry,
@@ -146,15 +159,35 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
       logger.info({ fillsInFlight: fills.size }, 'shutting down: finishing in-flight pulls');
       const serverClosed = new Promise<void>((r) => server.close(() => r()));
       server.closeIdleConnections();
+      adminServer.close();
+      adminServer.closeAllConnections();
       const grace = setTimeout(() => server.closeAllConnections(), config.shutdownGraceMs);
       await fills.drain(config.shutdownGraceMs);
       await serverClosed;
       clearTimeout(grace);
       await index.close();
+      await disk.flushRecency();
       for (const u of upstreams.values()) await u.close();
       await dispatcher.close();
       logger.info('shut down');
       logger.flush();
     })());
-  return { url, port, metrics, logger, close };
+  return { url, port, adminUrl, metrics, logger, close };
 }
+
+function listen(server: Server, at: { host: string; port: number }): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(at.port, at.host, () => {
+      server.off('error', reject);
+      resolve((server.address() as AddressInfo).port);
+    });
+  });
+}
+
+function urlOf(host: string, port: number): string {
+  const h = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
+  return `http://${h.includes(':') ? `[${h}]` : h}:${port}`;
+}
+
+const isLoopbackHost = (h: string) => h === 'localhost' || h === '::1' || h.startsWith('127.');

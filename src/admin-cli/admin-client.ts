@@ -144,7 +144,6 @@ export function parseAdminUrl(value: string): URL {
   if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`--admin: "${value}" is not an http:// or https:// URL`);
   if (url.username || url.password) throw new Error('--admin: the URL must not carry credentials (use --token)');
   if (url.search || url.hash) throw new Error(`--admin: "${value}" must not have a query or fragment`);
-  url.pathname = url.pathname.replace(/\/+$/, '');
   return url;
 }
 
@@ -203,7 +202,7 @@ export class AdminClient {
 
   async #request<T>(method: 'GET' | 'POST', path: string, opts: { query?: Query; body?: unknown; expect: (b: Record<string, unknown>) => boolean }): Promise<T> {
     const url = new URL(this.baseUrl.href);
-    url.pathname = `${url.pathname}${path}`;
+    url.pathname = `${this.baseUrl.pathname.replace(/\/+$/, '')}${path}`;
     for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined) url.searchParams.set(k, v);
     const headers: Record<string, string> = { accept: 'application/json' };
     if (this.#token !== undefined) headers.authorization = `Bearer ${this.#token}`;

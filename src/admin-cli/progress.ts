@@ -57,10 +57,13 @@ export function createJobProgress(out: ProgressStream, opts: { tty: boolean; now
     const fraction = job.bytesTotal > 0 ? job.bytesDone / job.bytesTotal : job.total > 0 ? finished / job.total : 0;
     const clamped = Math.min(1, Math.max(0, job.state === 'running' ? fraction : 1));
     const tail = `  ${String(Math.floor(clamped * 100)).padStart(3)}%  ${text}  ${formatElapsed(now() - started)}`;
-    const columns = out.columns ?? 80;
-    const width = Math.max(10, Math.min(40, columns - tail.length - 3));
+    // A pseudo-terminal may report 0 columns; then assume the classic 80.
+    const columns = out.columns !== undefined && out.columns >= 40 ? out.columns : 80;
+    // A fixed bar width (not one that follows the text's length), so the bar does not jump.
+    const width = Math.max(10, Math.min(30, columns - 55));
     const filled = Math.round(clamped * width);
-    return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}]${tail}`.slice(0, Math.max(20, columns - 1));
+    // Never wider than the terminal: a wrapped line could not be redrawn in place.
+    return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}]${tail}`.slice(0, columns - 1);
   };
 
   return {

@@ -38,6 +38,8 @@ export interface FillHooks {
   onFinished(fill: BlobFill, outcome: 'committed' | FillFailure): void;
   /** A cache write failed (ENOSPC, EROFS...): the disk is in trouble. */
   onDiskError(e: unknown): void;
+  /** Throws (ENOSPC) when `size` bytes cannot fit on disk right now. */
+  reserve(size: number): Promise<void>;
   /** Keep an in-memory copy of blobs up to this size (for the memory tier). */
   smallCopyMax: number;
 }
@@ -114,6 +116,7 @@ export class BlobFill {
     }
     this.size = src.size;
     try {
+      if (src.size !== undefined) await this.hooks.reserve(src.size);
       this.fh = await fs.open(this.tempPath, 'w+');
     } catch (e) {
       src.body.destroy();

@@ -22,6 +22,13 @@ export class BlobFills {
     return this.inFlight.size;
   }
 
+  /** Bytes the running fills have yet to write (of those whose size is known). */
+  inFlightRemaining(): number {
+    let n = 0;
+    for (const f of this.inFlight.values()) if (f.size !== undefined) n += Math.max(0, f.size - f.written);
+    return n;
+  }
+
   /** Bytes the running fills will put on disk (expected size, else what they wrote so far). */
   inFlightBytes(): number {
     let n = 0;

@@ -127,6 +127,8 @@ export class BlobService {
         smallCopyMax: memory.maxObjectBytes,
         openUpstream: (signal) => this.openUpstream(req, signal),
         onDiskError: (e) => this.d.health.failed(e, 'filling a blob'),
+        // Room for what every fill in flight, this one included (its size is known by now), has yet to write.
+        reserve: () => this.d.health.ensureRoom(fills.inFlightRemaining()),
         commit: async (tmp, sz, small) => {
           await disk.commitTemp(tmp, req.digest, sz);
           index.link(req.registry, req.repository, req.digest);

@@ -85,6 +85,19 @@ export class DiskBlobStore implements BlobStore {
     }
   }
 
+  /** Persist every access not yet written as an mtime (graceful shutdown). */
+  async flushRecency(): Promise<number> {
+    let n = 0;
+    for (const [digest, r] of this.recency) {
+      if (r.at <= r.persisted) continue;
+      const t = new Date(r.at);
+      await fs.utimes(this.layout.blobPath(digest), t, t).catch(() => undefined);
+      r.persisted = r.at;
+      n++;
+    }
+    return n;
+  }
+
   lastAccess(digest: string): number | undefined {
     return this.recency.get(digest)?.at;
   }

@@ -51,6 +51,25 @@ export class DiskHealth {
     this.timer.unref();
   }
 
+  /**
+   * Throw an ENOSPC error when the filesystem has less than `bytes` free, so that a fill
+   * that cannot fit is refused before it starts rather than failing half-way.
+   */
+  async ensureRoom(bytes: number): Promise<void> {
+    let free: number;
+    try {
+      const st = await fs.statfs(this.tmpDir);
+      free = st.bavail * st.bsize;
+    } catch {
+      return; // cannot tell: let the write itself decide
+    }
+    if (free < bytes) {
+      const e = new Error(`only ${free} bytes free for ${bytes}`) as NodeJS.ErrnoException;
+      e.code = 'ENOSPC';
+      throw e;
+    }
+  }
+
   /** Try a small write; on success the cache is writable again. */
   async probe(): Promise<boolean> {
     const file = path.join(this.tmpDir, `.probe-${process.pid}-${Date.now()}`);

@@ -12,6 +12,8 @@ const BIN = fileURLToPath(new URL('../../bin/ocirelay.js', import.meta.url));
 
 export interface OcirelayProcess {
   url: string;
+  /** The admin API (on a free port unless the config sets admin.listen). */
+  adminUrl: string;
   host: string;
   port: number;
   dataDir: string;
@@ -41,12 +43,15 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-export async function startOcirelay(config: Record<string, unknown>, opts: { dir?: string; port?: number } = {}): Promise<OcirelayProcess> {
+export async function startOcirelay(config: Record<string, unknown>, opts: { dir?: string; port?: number; adminPort?: number } = {}): Promise<OcirelayProcess> {
   const dir = opts.dir ?? (await mkdtemp(path.join(os.tmpdir(), 'ocirelay-proc-')));
   const port = opts.port ?? (await freePort());
   const dataDir = path.join(dir, 'data');
   const cfgFile = path.join(dir, 'config.yaml');
-  await writeFile(cfgFile, stringify({ dataDir, log: { level: 'debug' }, ...config, listen: `127.0.0.1:${port}` }));
+  const admin = { ...((config.admin as Record<string, unknown> | undefined) ?? {}) };
+  admin.listen ??= `127.0.0.1:${opts.adminPort ?? (await freePort())}`;
+  const adminPort = Number(String(admin.listen).split(':').pop());
+  await writeFile(cfgFile, stringify({ dataDir, log: { level: 'debug' }, ...config, admin, listen: `127.0.0.1:${port}` }));
   const child: ChildProcess = spawn(process.execPath, [BIN, 'serve', '--config', cfgFile], {
     cwd: dir,
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -89,6 +94,7 @@ export async function startOcirelay(config: Record<string, unknown>, opts: { dir
 
   const proc: OcirelayProcess = {
     url,
+    adminUrl: `http://127.0.0.1:${adminPort}`,
     host: `127.0.0.1:${port}`,
     port,
     dataDir,
@@ -132,7 +138,7 @@ export async function startOcirelay(config: Record<string, unknown>, opts: { dir
     },
     restart: async () => {
       await proc.stop();
-      return startOcirelay(config, { dir, port });
+      return startOcirelay(config, { dir, port, adminPort });
     },
     cleanup: async () => {
       await proc.stop('SIGKILL');

@@ -1,0 +1,174 @@
+// Everything a benchmark run starts, in one owner: the seeded upstream, fresh (cold) or shared
+// (warm) contenders, nginx. Every process is stopped by its PID in close(), also after a failure.
+import { mkdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { makeTempDir, removeTempDir } from '../test/fixtures/processes.ts';
+import { startRegistry, type RegistryFixture } from '../test/fixtures/registry.ts';
+import { startDistributionProxy, type DistributionProxy } from './distribution-proxy.ts';
+import { concurrentGets, curlGet } from './load-clients.ts';
+import { startNginx, type NginxServer } from './nginx-server.ts';
+import { OcirelayLauncher, type RunningOcirelay } from './ocirelay-launcher.ts';
+import type { BenchOptions, SizeName } from './options.ts';
+import { seedUpstream, upstreamBlobFile, type SeededImage, type SeededSet } from './seed.ts';
+import { UpstreamMeter } from './upstream-meter.ts';
+
+export interface Endpoint {
+  /** Base URL, e.g. http://127.0.0.1:PORT */
+  url: string;
+  host: string;
+  pid: number;
+}
+
+export interface WarmContenders {
+  ocirelay: RunningOcirelay;
+  proxy: DistributionProxy;
+  nginx: NginxServer;
+  /** nginx URL of each primed layer, by size. */
+  nginxUrls: Partial<Record<SizeName, string>>;
+}
+
+export class BenchEnv {
+  readonly launcher = new OcirelayLauncher();
+  private readonly stoppers = new Set<() => Promise<void>>();
+  private warm: WarmContenders | undefined;
+  private counter = 0;
+
+  private constructor(
+    readonly options: BenchOptions,
+    readonly workDir: string,
+    readonly upstream: RegistryFixture,
+    readonly seeded: SeededSet,
+    readonly meter: UpstreamMeter,
+  ) {}
+
+  /** Start and seed the upstream with every image the selected scenarios need. */
+  static async create(options: BenchOptions): Promise<BenchEnv> {
+    const workDir = await makeTempDir('ocirelay-bench-');
+    let upstream: RegistryFixture | undefined;
+    try {
+      upstream = await startRegistry();
+      const sizes = new Set<SizeName>(options.sizes);
+      if (options.scenarios.includes('herd') || options.scenarios.includes('peak-rss')) sizes.add(options.herdSize);
+      if (options.scenarios.includes('manifest-load')) sizes.add(options.sizes[0] ?? '4m');
+      const smallest = options.mode === 'smoke' ? '1m' : '4m';
+      process.stderr.write(`seeding upstream ${upstream.url} with layers ${[...sizes].join(', ')} and a multi-arch index\n`);
+      const seeded = await seedUpstream(upstream, [...sizes], smallest);
+      process.stderr.write(`seeded in ${seeded.seedSeconds.toFixed(1)} s\n`);
+      return new BenchEnv(options, workDir, upstream, seeded, new UpstreamMeter(upstream));
+    } catch (e) {
+      await upstream?.stop().catch(() => undefined);
+      await removeTempDir(workDir);
+      throw e;
+    }
+  }
+
+  image(size: SizeName): SeededImage {
+    const img = this.seeded.layers[size];
+    if (!img) throw new Error(`no image with a ${size} layer was seeded`);
+    return img;
+  }
+
+  private track(stop: () => Promise<void>): () => Promise<void> {
+    const once = async () => {
+      this.stoppers.delete(once);
+      await stop();
+    };
+    this.stoppers.add(once);
+    return once;
+  }
+
+  /** A fresh ocirelay with an empty data dir (cold). Its stop() also removes the data dir. */
+  async coldOcirelay(): Promise<RunningOcirelay> {
+    const dir = path.join(this.workDir, `ocirelay-${++this.counter}`);
+    await mkdir(dir, { recursive: true });
+    const r = await this.launcher.start({ dir, upstreamUrl: this.upstream.url, logLevel: 'warn', nodeArgs: this.options.ocirelayNodeArgs });
+    const stop = this.track(async () => {
+      await r.stop();
+      await rm(dir, { recursive: true, force: true });
+    });
+    return { ...r, stop };
+  }
+
+  /** An ocirelay on a given data dir, logging at info so that the ready line is seen. */
+  async ocirelayOn(dataDir: string): Promise<RunningOcirelay> {
+    const dir = path.join(this.workDir, `ocirelay-${++this.counter}`);
+    await mkdir(dir, { recursive: true });
+    const r = await this.launcher.start({ dir, dataDir, upstreamUrl: this.upstream.url, logLevel: 'info', nodeArgs: this.options.ocirelayNodeArgs });
+    const stop = this.track(async () => {
+      await r.stop();
+      await rm(dir, { recursive: true, force: true });
+    });
+    return { ...r, stop };
+  }
+
+  /** A fresh Distribution pull-through proxy with empty storage (cold). */
+  async coldDistributionProxy(): Promise<DistributionProxy> {
+    const p = await startDistributionProxy(this.upstream.url);
+    const stop = this.track(() => p.stop());
+    return { ...p, stop };
+  }
+
+  /**
+   * The warm contenders, started once and shared by warm-throughput and manifest-load: every
+   * selected layer fetched through each proxy (and given time to land in its storage) before
+   * anything is measured, and published in nginx.
+   */
+  async warmContenders(): Promise<WarmContenders> {
+    if (this.warm) return this.warm;
+    const ocirelay = await this.coldOcirelay();
+    const proxy = await this.coldDistributionProxy();
+    const nginx = await startNginx();
+    this.track(() => nginx.stop());
+    const nginxUrls: Partial<Record<SizeName, string>> = {};
+    for (const [size, img] of Object.entries(this.seeded.layers) as Array<[SizeName, SeededImage]>) {
+      for (const ep of [ocirelay, proxy]) await this.prime(ep.url, img);
+      nginxUrls[size] = await nginx.publish(img.layer.digest, upstreamBlobFile(this.upstream, img.layer.digest));
+    }
+    this.warm = { ocirelay, proxy, nginx, nginxUrls };
+    return this.warm;
+  }
+
+  /**
+   * Pull an image's manifest (by tag and digest) and layer through a proxy, wait for the
+   * upstream to go quiet (a proxy may still be storing), then check that a second GET of the
+   * layer no longer reaches the upstream.
+   */
+  private async prime(url: string, img: SeededImage): Promise<void> {
+    const accept = { accept: img.mediaType };
+    await curlGet(`${url}/v2/${img.repo}/manifests/${img.tag}`, { headers: accept, timeoutMs: 60_000 });
+    await curlGet(`${url}/v2/${img.repo}/manifests/${img.manifestDigest}`, { headers: accept, timeoutMs: 60_000 });
+    const blobUrl = `${url}/v2/${img.repo}/blobs/${img.layer.digest}`;
+    await curlGet(blobUrl, { expectBytes: img.layer.size, timeoutMs: 600_000 });
+    await this.meter.waitQuiet(500);
+    const mark = await this.meter.mark();
+    await concurrentGets(blobUrl, 1, { expectBytes: img.layer.size, timeoutMs: 600_000 });
+    await this.meter.waitQuiet(500);
+    const t = await this.meter.trafficSince(mark, img.layer.digest);
+    if (t.blobGets > 0) throw new Error(`priming ${url}: the second GET of ${img.repo} still reached the upstream (${t.blobGets} GETs)`);
+  }
+
+  /** Stop every process still running (by PID), remove the work dir. */
+  async close(): Promise<void> {
+    const errors: unknown[] = [];
+    for (const stop of [...this.stoppers].reverse()) {
+      try {
+        await stop();
+      } catch (e) {
+        errors.push(e);
+      }
+    }
+    this.warm = undefined;
+    try {
+      await this.upstream.stop();
+    } catch (e) {
+      errors.push(e);
+    }
+    await removeTempDir(this.workDir);
+    if (errors.length > 0) throw errors[0];
+  }
+
+  /** Last resort on an abrupt exit: SIGKILL ocirelay children (fixtures kill their own). */
+  killNow(): void {
+    this.launcher.killAllNow();
+  }
+}

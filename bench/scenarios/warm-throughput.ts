@@ -1,0 +1,72 @@
+// c. Warm blob throughput: 1 and 8 concurrent clients downloading a blob every contender
+// already holds (ocirelay and the Distribution proxy primed; nginx sendfile as the ceiling).
+// Each client downloads the blob several times on one connection so that every sample moves
+// at least ~1 GiB per client and process start-up is noise. Also peak RSS (e) and CPU.
+import type { BenchEnv } from '../bench-env.ts';
+import { concurrentGets } from '../load-clients.ts';
+import { SIZE_BYTES, repsFor, type SizeName } from '../options.ts';
+import { cpuSeconds, peakRss, resetPeakRss } from '../proc-stats.ts';
+import { ScenarioRecorder, type Contender, type ScenarioResult } from '../results-model.ts';
+
+const CONTENDERS: Contender[] = ['ocirelay', 'distribution-proxy', 'nginx'];
+
+/** Sizes worth a throughput test: the big ones (all of them when only small ones were asked for). */
+export function throughputSizes(sizes: readonly SizeName[]): SizeName[] {
+  const big = sizes.filter((s) => SIZE_BYTES[s] >= SIZE_BYTES['64m']);
+  return big.length > 0 ? big : [...sizes];
+}
+
+export async function warmThroughput(env: BenchEnv): Promise<ScenarioResult> {
+  const o = env.options;
+  const warm = await env.warmContenders();
+  const sizes = throughputSizes(o.sizes);
+  const rec = new ScenarioRecorder(
+    'warm-throughput',
+    'c. Warm blob throughput (cached blob, page cache warm)',
+    o.mode,
+    {
+      throughput: { unit: 'B/s', better: 'higher', description: 'body bytes all clients received / wall time' },
+      wallS: { unit: 's', better: 'lower', description: 'wall time of the sample' },
+      peakRss: { unit: 'bytes', better: 'lower', description: 'peak RSS (VmHWM, reset before the sample) of the serving process' },
+      serverCpuS: { unit: 's', better: 'lower', description: 'CPU seconds of the serving process (nginx: master only, not counted)' },
+    },
+    { sizes, clients: o.warmClients, contenders: CONTENDERS, client: 'curl, one process per client, body to /dev/null' },
+  );
+  for (const size of sizes) {
+    const img = env.image(size);
+    // ~1 GiB per client per sample.
+    const repeat = Math.min(64, Math.max(1, Math.round(SIZE_BYTES['1g'] / SIZE_BYTES[size])));
+    for (const clients of o.warmClients) {
+      const name = `${size} x${clients}`;
+      for (let rep = 1; rep <= repsFor(o, size); rep++) {
+        for (const contender of CONTENDERS) {
+          const url =
+            contender === 'ocirelay'
+              ? `${warm.ocirelay.url}/v2/${img.repo}/blobs/${img.layer.digest}`
+              : contender === 'distribution-proxy'
+                ? `${warm.proxy.url}/v2/${img.repo}/blobs/${img.layer.digest}`
+                : (warm.nginxUrls[size] as string);
+          const pid = contender === 'ocirelay' ? warm.ocirelay.pid : contender === 'distribution-proxy' ? warm.proxy.pid : undefined;
+          if (pid !== undefined) await resetPeakRss(pid);
+          const cpu0 = pid !== undefined ? await cpuSeconds(pid) : undefined;
+          const r = await concurrentGets(url, clients, { expectBytes: img.layer.size, repeat, timeoutMs: 900_000 });
+          const cpu1 = pid !== undefined ? await cpuSeconds(pid) : undefined;
+          const rss = pid !== undefined ? await peakRss(pid) : undefined;
+          rec.add({
+            case: name,
+            contender,
+            rep,
+            values: {
+              throughput: r.bytes / r.wallS,
+              wallS: r.wallS,
+              ...(rss !== undefined ? { peakRss: rss } : {}),
+              ...(cpu0 !== undefined && cpu1 !== undefined ? { serverCpuS: cpu1 - cpu0 } : {}),
+            },
+            detail: { bytes: r.bytes, downloadsPerClient: repeat },
+          });
+        }
+      }
+    }
+  }
+  return rec.finish();
+}

@@ -1,0 +1,255 @@
+// What operators can do to the cache: list, stats, pin/unpin, freeze/unfreeze, purge, history.
+// Owns no state of its own: it works on CacheIndex, DiskBlobStore, MemoryCache and Evictor.
+import { RegistryError } from '../errors.ts';
+import type { Metrics } from '../metrics.ts';
+import { isSha256Digest } from '../oci/reference.ts';
+import type { CacheIndex, HistoryRecord } from '../storage/cache-index.ts';
+import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
+import type { DiskHealth } from '../storage/disk-health.ts';
+import type { Evictor } from '../storage/evictor.ts';
+import type { MemoryCache } from '../storage/memory-cache.ts';
+import type { ImageRef, RepoRef } from './image-ref.ts';
+import type { ImagePuller } from './image-puller.ts';
+
+export interface CachedImage {
+  registry: string;
+  repository: string;
+  tags: string[];
+  digest: string;
+  mediaType: string;
+  size: number;
+  cachedBlobs: number;
+  missingBlobs: number;
+  lastAccess: string | null;
+  pinned: boolean;
+  frozenTags: string[];
+}
+
+export interface CacheAdminDeps {
+  index: CacheIndex;
+  disk: DiskBlobStore;
+  memory: MemoryCache;
+  evictor: Evictor;
+  health: DiskHealth;
+  puller: ImagePuller;
+  metrics: Metrics;
+  maxBytes: number;
+  memoryBytes: number;
+}
+
+const iso = (ms: number | undefined) => (ms === undefined ? null : new Date(ms).toISOString());
+
+export class CacheAdmin {
+  constructor(private readonly d: CacheAdminDeps) {}
+
+  /** All digests of the image rooted at `digest` (itself, child manifests, blobs) that we know of. */
+  private closure(digest: string): string[] {
+    const out = new Set<string>([digest]);
+    const stack = [digest];
+    while (stack.length > 0) {
+      const m = this.d.index.manifestMeta(stack.pop()!);
+      for (const r of m?.refs ?? []) {
+        if (out.has(r)) continue;
+        out.add(r);
+        if (this.d.index.isManifest(r)) stack.push(r);
+      }
+    }
+    return [...out];
+  }
+
+  /** The digest a reference points to in the cache (frozen tag first), if known. */
+  private resolve(ref: ImageRef): string | undefined {
+    if (ref.digest) return ref.digest;
+    const tag = ref.tag!;
+    return this.d.index.frozen(ref.registry, ref.repository, tag)?.digest ?? this.d.index.tag(ref.registry, ref.repository, tag)?.digest;
+  }
+
+  listImages(filter: { registry?: string; repository?: string }): CachedImage[] {
+    const { index, disk } = this.d;
+    const out: CachedImage[] = [];
+    for (const { registry, repository } of index.repositories()) {
+      if (filter.registry && filter.registry !== registry) continue;
+      if (filter.repository && filter.repository !== repository) continue;
+      const roots = new Map<string, { tags: Set<string>; frozen: Set<string> }>();
+      const root = (d: string) => {
+        let r = roots.get(d);
+        if (!r) roots.set(d, (r = { tags: new Set(), frozen: new Set() }));
+        return r;
+      };
+      for (const [tag, rec] of index.tagRecordsOf(registry, repository)) {
+        if (!index.frozen(registry, repository, tag)) root(rec.digest).tags.add(tag);
+      }
+      for (const [tag, f] of index.frozenTagsOf(registry, repository)) {
+        root(f.digest).tags.add(tag);
+        root(f.digest).frozen.add(tag);
+      }
+      for (const p of index.pinsOf(registry, repository)) if (p.digests[0]) root(p.digests[0]);
+      // Cached manifests of this repository that nothing above covers (pulled by digest).
+      const linkedManifests = index.linksOf(registry, repository).filter((d) => index.isManifest(d) && disk.has(d));
+      const children = new Set<string>();
+      for (const d of linkedManifests) for (const r of index.manifestMeta(d)?.refs ?? []) children.add(r);
+      for (const d of linkedManifests) if (!children.has(d)) root(d);
+
+      for (const [digest, info] of roots) {
+        const meta = index.manifestMeta(digest);
+        const all = this.closure(digest);
+        let size = 0;
+        let cached = 0;
+        let last: number | undefined;
+        for (const x of all) {
+          const s = disk.sizeOf(x);
+          if (s === undefined) continue;
+          size += s;
+          cached++;
+          const la = disk.lastAccess(x);
+          if (la !== undefined && (last === undefined || la > last)) last = la;
+        }
+        out.push({
+          registry,
+          repository,
+          tags: [...info.tags].sort(),
+          digest,
+          mediaType: meta?.mediaType ?? index.tag(registry, repository, [...info.tags][0] ?? '')?.mediaType ?? 'unknown',
+          size,
+          cachedBlobs: cached,
+          missingBlobs: all.length - cached,
+          lastAccess: iso(last),
+          pinned: all.some((x) => index.isPinned(x)),
+          frozenTags: [...info.frozen].sort(),
+        });
+      }
+    }
+    return out;
+  }
+
+  async stats(): Promise<Record<string, unknown>> {
+    const m = this.d.metrics;
+    const results: Record<string, number> = { hit: 0, miss: 0, coalesced: 0, stale: 0 };
+    for (const v of (await m.cacheResults.get()).values) {
+      const r = String(v.labels.result);
+      if (r in results && (v.labels.kind === 'blob' || v.labels.kind === 'manifest')) results[r] = (results[r] ?? 0) + v.value;
+    }
+    const served: Record<string, number> = { cache: 0, upstream: 0 };
+    for (const v of (await m.bytesServed.get()).values) {
+      const src = String(v.labels.source);
+      if (src === 'memory' || src === 'disk') served.cache = (served.cache ?? 0) + v.value;
+      else served.upstream = (served.upstream ?? 0) + v.value;
+    }
+    const upstreamBytes = (await m.upstreamBytes.get()).values.reduce((a, v) => a + v.value, 0);
+    const evictions: Record<string, number> = { unreferenced: 0, lru: 0 };
+    for (const v of (await m.evictions.get()).values) evictions[String(v.labels.reason)] = v.value;
+    const rateLimits: Record<string, { remaining?: number; limit?: number }> = {};
+    for (const v of (await m.upstreamRateLimitRemaining.get()).values) (rateLimits[String(v.labels.registry)] ??= {}).remaining = v.value;
+    for (const v of (await m.upstreamRateLimitLimit.get()).values) (rateLimits[String(v.labels.registry)] ??= {}).limit = v.value;
+    const total = Object.values(results).reduce((a, b) => a + b, 0);
+    const fromCache = (results.hit ?? 0) + (results.coalesced ?? 0) + (results.stale ?? 0);
+    let pinnedBytes = 0;
+    const pinned = new Set(this.d.index.allPins().flatMap((p) => p.digests));
+    for (const d of pinned) pinnedBytes += this.d.disk.sizeOf(d) ?? 0;
+    return {
+      requests: results,
+      hitRatio: total === 0 ? 0 : Math.round((fromCache / total) * 1000) / 1000,
+      bytesServed: served,
+      upstreamBytes,
+      egressSavedBytes: served.cache,
+      disk: { bytes: this.d.disk.bytes, maxBytes: this.d.maxBytes, entries: this.d.disk.count, pinnedBytes, writable: this.d.health.writable },
+      memory: { bytes: this.d.memory.bytes, maxBytes: this.d.memoryBytes, entries: this.d.memory.count },
+      evictions,
+      rateLimits,
+    };
+  }
+
+  async pin(ref: ImageRef, platforms: string[] | undefined, freeze: boolean): Promise<Record<string, unknown>> {
+    const pulled = await this.d.puller.pull(ref.registry, ref.repository, ref.digest ?? ref.tag!, platforms);
+    const id = platforms && platforms.length > 0 ? `${ref.canonical}#${[...platforms].sort().join(',')}` : ref.canonical;
+    this.d.index.pin({ ref: id, registry: ref.registry, repository: ref.repository, digests: pulled.digests, createdAt: Date.now() });
+    let frozen: { tag: string; digest: string } | null = null;
+    if (freeze) {
+      if (!ref.tag) throw new RegistryError('TAG_INVALID', 'freeze needs a tag reference');
+      this.d.index.freeze(ref.registry, ref.repository, ref.tag, pulled.digest);
+      frozen = { tag: ref.tag, digest: pulled.digest };
+    }
+    return { pinned: { image: ref.canonical, digest: pulled.digest, digests: pulled.digests, bytes: pulled.bytes }, frozen };
+  }
+
+  unpin(ref: ImageRef, unfreeze: boolean): { unpinned: number; unfrozen: boolean } {
+    let unpinned = 0;
+    for (const p of this.d.index.pinsOf(ref.registry, ref.repository)) {
+      if (p.ref === ref.canonical || p.ref.startsWith(`${ref.canonical}#`)) unpinned += this.d.index.unpin(p.ref) ? 1 : 0;
+    }
+    const unfrozen = unfreeze && ref.tag ? this.d.index.unfreeze(ref.registry, ref.repository, ref.tag) : false;
+    if (unpinned === 0 && !unfrozen) throw new RegistryError('NOT_FOUND', `${ref.canonical} is not pinned`);
+    void this.d.evictor.check();
+    return { unpinned, unfrozen };
+  }
+
+  async freeze(ref: ImageRef, digest: string | undefined): Promise<Record<string, unknown>> {
+    if (!ref.tag) throw new RegistryError('TAG_INVALID', 'freeze needs a tag reference (registry/repository:tag)');
+    if (digest !== undefined && !isSha256Digest(digest)) throw new RegistryError('DIGEST_INVALID', 'digest must be sha256:<64 hex>');
+    // Resolve the current digest (or make sure the chosen one is cached) by pulling it.
+    const pulled = await this.d.puller.pull(ref.registry, ref.repository, digest ?? ref.tag, undefined);
+    this.d.index.freeze(ref.registry, ref.repository, ref.tag, pulled.digest);
+    return { frozen: { registry: ref.registry, repository: ref.repository, tag: ref.tag, digest: pulled.digest } };
+  }
+
+  unfreeze(ref: ImageRef): { unfrozen: boolean } {
+    if (!ref.tag) throw new RegistryError('TAG_INVALID', 'unfreeze needs a tag reference');
+    if (!this.d.index.unfreeze(ref.registry, ref.repository, ref.tag)) throw new RegistryError('NOT_FOUND', `${ref.canonical} is not frozen`);
+    return { unfrozen: true };
+  }
+
+  /** Remove an image (or, with `repo`, a whole repository) and content nothing else references. */
+  async purge(target: { image?: ImageRef; repo?: RepoRef }, force: boolean): Promise<{ removedManifests: number; removedBlobs: number; freedBytes: number }> {
+    const { index } = this.d;
+    const registry = (target.image ?? target.repo)!.registry;
+    const repository = (target.image ?? target.repo)!.repository;
+    let digests: string[];
+    if (target.image) {
+      const root = this.resolve(target.image);
+      if (!root) throw new RegistryError('MANIFEST_UNKNOWN', `${target.image.canonical} is not cached`);
+      digests = this.closure(root);
+      for (const [tag, rec] of index.tagRecordsOf(registry, repository)) {
+        if ((target.image.tag && tag === target.image.tag) || (!target.image.tag && rec.digest === root)) index.untag(registry, repository, tag);
+      }
+      if (target.image.tag && index.frozen(registry, repository, target.image.tag)) index.unfreeze(registry, repository, target.image.tag);
+    } else {
+      digests = index.linksOf(registry, repository);
+      if (digests.length === 0 && index.tagsOf(registry, repository).length === 0) throw new RegistryError('NAME_UNKNOWN', `${target.repo!.canonical} is not cached`);
+      for (const tag of index.tagsOf(registry, repository)) index.untag(registry, repository, tag);
+      for (const [tag] of index.frozenTagsOf(registry, repository)) index.unfreeze(registry, repository, tag);
+    }
+    if (force) for (const p of index.pinsOf(registry, repository)) if (!target.image || p.digests.includes(digests[0]!)) index.unpin(p.ref);
+    // Content that other images of the same repository still use stays.
+    const keep = new Set<string>();
+    if (target.image) {
+      for (const [, rec] of index.tagRecordsOf(registry, repository)) for (const x of this.closure(rec.digest)) keep.add(x);
+      for (const [, f] of index.frozenTagsOf(registry, repository)) for (const x of this.closure(f.digest)) keep.add(x);
+    }
+    let removedManifests = 0;
+    let removedBlobs = 0;
+    let freedBytes = 0;
+    for (const d of digests) {
+      if (index.isPinned(d) || keep.has(d)) continue;
+      index.unlink(registry, repository, d);
+      if (index.linkedElsewhere(d, registry, repository)) continue;
+      if (!this.d.disk.has(d)) {
+        index.forgetManifest(d);
+        continue;
+      }
+      if (this.d.disk.isOpen(d)) continue; // being read right now: eviction will get it later
+      const wasManifest = index.isManifest(d);
+      freedBytes += await this.d.evictor.remove(d, 'purge');
+      if (wasManifest) removedManifests++;
+      else removedBlobs++;
+    }
+    if (target.repo) index.unlink(registry, repository);
+    return { removedManifests, removedBlobs, freedBytes };
+  }
+
+  history(target: { image?: ImageRef; repo?: RepoRef }): Array<Omit<HistoryRecord, 'time'> & { time: string }> {
+    const t = (target.image ?? target.repo)!;
+    const tag = target.image?.tag;
+    if (target.image && !tag) throw new RegistryError('TAG_INVALID', 'history is kept per tag: give registry/repository:tag');
+    return this.d.index.historyOf(t.registry, t.repository, tag).map((h) => ({ ...h, time: new Date(h.time).toISOString() }));
+  }
+}
