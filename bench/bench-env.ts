@@ -11,6 +11,7 @@ import { OcirelayLauncher, type RunningOcirelay } from './ocirelay-launcher.ts';
 import type { BenchOptions, SizeName } from './options.ts';
 import { seedUpstream, upstreamBlobFile, type SeededImage, type SeededSet } from './seed.ts';
 import { UpstreamMeter } from './upstream-meter.ts';
+import { progress } from './progress.ts';
 
 export interface Endpoint {
   /** Base URL, e.g. http://127.0.0.1:PORT */
@@ -28,7 +29,7 @@ export interface WarmContenders {
 }
 
 export class BenchEnv {
-  readonly launcher = new OcirelayLauncher();
+  readonly launcher: OcirelayLauncher;
   private readonly stoppers = new Set<() => Promise<void>>();
   private warm: WarmContenders | undefined;
   private counter = 0;
@@ -39,7 +40,9 @@ export class BenchEnv {
     readonly upstream: RegistryFixture,
     readonly seeded: SeededSet,
     readonly meter: UpstreamMeter,
-  ) {}
+  ) {
+    this.launcher = new OcirelayLauncher(options.ocirelayBin);
+  }
 
   /** Start and seed the upstream with every image the selected scenarios need. */
   static async create(options: BenchOptions): Promise<BenchEnv> {
@@ -51,9 +54,9 @@ export class BenchEnv {
       if (options.scenarios.includes('herd') || options.scenarios.includes('peak-rss')) sizes.add(options.herdSize);
       if (options.scenarios.includes('manifest-load')) sizes.add(options.sizes[0] ?? '4m');
       const smallest = options.mode === 'smoke' ? '1m' : '4m';
-      process.stderr.write(`seeding upstream ${upstream.url} with layers ${[...sizes].join(', ')} and a multi-arch index\n`);
+      progress(`seeding upstream ${upstream.url} with layers ${[...sizes].join(', ')} and a multi-arch index`);
       const seeded = await seedUpstream(upstream, [...sizes], smallest);
-      process.stderr.write(`seeded in ${seeded.seedSeconds.toFixed(1)} s\n`);
+      progress(`seeded in ${seeded.seedSeconds.toFixed(1)} s`);
       return new BenchEnv(options, workDir, upstream, seeded, new UpstreamMeter(upstream));
     } catch (e) {
       await upstream?.stop().catch(() => undefined);
@@ -129,6 +132,23 @@ export class BenchEnv {
   }
 
   /**
+   * Replace a warm contender that died (or misbehaves) with a fresh, primed one. Returns a
+   * short description for the scenario's notes.
+   */
+  async recoverWarm(who: 'ocirelay' | 'distribution-proxy'): Promise<string> {
+    const w = await this.warmContenders();
+    const old = who === 'ocirelay' ? w.ocirelay : w.proxy;
+    const alive = isAlive(old.pid);
+    const tail = who === 'ocirelay' ? w.ocirelay.outputTail().slice(-1500) : await w.proxy.process.logTail(1500);
+    await old.stop();
+    if (who === 'ocirelay') w.ocirelay = await this.coldOcirelay();
+    else w.proxy = await this.coldDistributionProxy();
+    const fresh = who === 'ocirelay' ? w.ocirelay : w.proxy;
+    for (const img of Object.values(this.seeded.layers)) if (img) await this.prime(fresh.url, img);
+    return `warm ${who} (pid ${old.pid}) ${alive ? 'was still running' : 'had exited'}; replaced by pid ${fresh.pid}. Its last output: ${tail.replace(/\s+/g, ' ').slice(-600)}`;
+  }
+
+  /**
    * Pull an image's manifest (by tag and digest) and layer through a proxy, wait for the
    * upstream to go quiet (a proxy may still be storing), then check that a second GET of the
    * layer no longer reaches the upstream.
@@ -170,5 +190,15 @@ export class BenchEnv {
   /** Last resort on an abrupt exit: SIGKILL ocirelay children (fixtures kill their own). */
   killNow(): void {
     this.launcher.killAllNow();
+  }
+}
+
+/** Is a process we started still there? (signal 0 checks without sending anything) */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
   }
 }

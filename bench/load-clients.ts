@@ -1,7 +1,7 @@
 // The clients that put load on the contenders, native tools so that the client is not the
 // bottleneck on two cores: curl for blob downloads (one process per concurrent client, body to
 // /dev/null), wrk for manifest request rates and latencies.
-import { runCommand } from '../test/fixtures/processes.ts';
+import { CommandError, runCommand } from '../test/fixtures/processes.ts';
 
 export interface CurlResult {
   status: number;
@@ -30,7 +30,14 @@ export async function curlGet(url: string, opts: CurlOptions): Promise<CurlResul
   const args = ['-s', '-S', '-w', CURL_FORMAT];
   for (const [k, v] of Object.entries(opts.headers ?? {})) args.push('-H', `${k}: ${v}`);
   for (let i = 0; i < repeat; i++) args.push('-o', '/dev/null', url);
-  const { stdout } = await runCommand('curl', args, { timeoutMs: opts.timeoutMs });
+  let stdout: string;
+  try {
+    ({ stdout } = await runCommand('curl', args, { timeoutMs: opts.timeoutMs }));
+  } catch (e) {
+    // The command line repeats the URL; what matters is curl's own complaint.
+    if (e instanceof CommandError) throw new Error(`GET ${url} (x${repeat}): curl exited ${e.exitCode ?? e.signal}: ${e.stderr.trim().split('\n').slice(0, 3).join('; ')}`);
+    throw e;
+  }
   const lines = stdout.trim().split('\n');
   if (lines.length !== repeat) throw new Error(`GET ${url}: curl reported ${lines.length} transfers, expected ${repeat}`);
   const r: CurlResult = { status: 0, bytes: 0, ttfbS: NaN, totalS: 0 };

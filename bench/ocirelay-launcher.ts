@@ -9,7 +9,8 @@ import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { freePort } from '../test/fixtures/ports.ts';
 
-const BIN = fileURLToPath(new URL('../bin/ocirelay.js', import.meta.url));
+/** This checkout's ocirelay; another checkout can be measured with --ocirelay-root. */
+export const DEFAULT_BIN = fileURLToPath(new URL('../bin/ocirelay.js', import.meta.url));
 /** Only the tail of the output is kept: enough for an error message, bounded in memory. */
 const KEEP_OUTPUT = 64 * 1024;
 
@@ -51,6 +52,8 @@ export class OcirelayLauncher {
   /** PIDs started and not yet exited, for killAllNow(). */
   private readonly live = new Set<number>();
 
+  constructor(private readonly bin: string = DEFAULT_BIN) {}
+
   /** Synchronous SIGKILL of every instance still running: the harness's last-resort exit hook. */
   killAllNow(): void {
     for (const pid of this.live) killPid(pid, 'SIGKILL');
@@ -85,7 +88,7 @@ export class OcirelayLauncher {
     await writeFile(cfgFile, stringify(config));
 
     const t0 = performance.now();
-    const child: ChildProcess = spawn(process.execPath, [...(o.nodeArgs ?? []), BIN, 'serve', '--config', cfgFile], {
+    const child: ChildProcess = spawn(process.execPath, [...(o.nodeArgs ?? []), this.bin, 'serve', '--config', cfgFile], {
       cwd: o.dir,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, OCIRELAY_CONFIG: '', OCIRELAY_LISTEN: '', OCIRELAY_DATA_DIR: '' },

@@ -1,5 +1,6 @@
 // Command-line options of `npm run bench`: which scenarios, which sizes, how many repetitions,
 // and the three presets (full, --quick, --smoke). Pure: no I/O, so the smoke test can check it.
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 
 export const SCENARIOS = ['cold-pull', 'herd', 'warm-throughput', 'manifest-load', 'peak-rss', 'startup'] as const;
@@ -39,10 +40,10 @@ export interface BenchOptions {
   startupBlobs: number;
   /** Where the JSON, Markdown and SVG go. */
   outDir: string;
-  /** Also write latest.md (off for --out-dir elsewhere unless asked). */
-  writeLatest: boolean;
   /** Extra node flags for every ocirelay process, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof". */
   ocirelayNodeArgs: string[];
+  /** bin/ocirelay.js of another checkout (e.g. one with a suggested fix applied); default this one. */
+  ocirelayBin: string | undefined;
   /** Include the multi-arch index in the cold pulls. */
   pullIndex: boolean;
 }
@@ -57,10 +58,11 @@ export const USAGE = `usage: npm run bench -- [options]
   --herd-size S      blob size for the herd (default 256m)
   --load-seconds N   seconds of load per manifest measurement (default 5)
   --startup-blobs N  cached blobs for the start-up scenario (default 100000)
-  --quick            a check in under two minutes: 3 reps, 4m+256m, herd of 16, 2 s loads, 20k blobs
+  --quick            a check in under two minutes: 1 rep, 4m+256m, herd of 16, 2 s loads
   --smoke            seconds: 1 rep, 1 MiB layers, 200 blobs, 1 s loads (CI)
   --out-dir DIR      where results go (default bench/results)
   --node-args "..."  extra node flags for ocirelay (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof")
+  --ocirelay-root D  measure the ocirelay checkout in D (D/bin/ocirelay.js) instead of this one
 `;
 
 function list(v: string | undefined): string[] | undefined {
@@ -95,6 +97,7 @@ export function parseBenchArgs(argv: string[], defaultOutDir: string): BenchOpti
       smoke: { type: 'boolean' },
       'out-dir': { type: 'string' },
       'node-args': { type: 'string' },
+      'ocirelay-root': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -102,11 +105,11 @@ export function parseBenchArgs(argv: string[], defaultOutDir: string): BenchOpti
   if (values.quick && values.smoke) throw new Error('--quick and --smoke exclude each other');
   const mode: Mode = values.smoke ? 'smoke' : values.quick ? 'quick' : 'full';
 
-  const preset: Omit<BenchOptions, 'scenarios' | 'outDir' | 'writeLatest' | 'ocirelayNodeArgs'> =
+  const preset: Omit<BenchOptions, 'scenarios' | 'outDir' | 'ocirelayNodeArgs' | 'ocirelayBin'> =
     mode === 'smoke'
       ? { mode, reps: 1, repsLarge: 1, sizes: ['1m'], herdSize: '1m', herdClients: [4], warmClients: [1, 4], loadSeconds: 1, loadConnections: 16, startupBlobs: 200, pullIndex: true }
       : mode === 'quick'
-        ? { mode, reps: 3, repsLarge: 3, sizes: ['4m', '256m'], herdSize: '256m', herdClients: [16], warmClients: [1, 8], loadSeconds: 2, loadConnections: 64, startupBlobs: 20_000, pullIndex: false }
+        ? { mode, reps: 1, repsLarge: 1, sizes: ['4m', '256m'], herdSize: '256m', herdClients: [16], warmClients: [1, 8], loadSeconds: 2, loadConnections: 64, startupBlobs: 100_000, pullIndex: false }
         : { mode, reps: 5, repsLarge: 5, sizes: ['4m', '256m', '1g'], herdSize: '256m', herdClients: [16, 32], warmClients: [1, 8], loadSeconds: 5, loadConnections: 64, startupBlobs: 100_000, pullIndex: true };
 
   const scenarios = (list(values.scenarios) ?? [...SCENARIOS]).map((s) => {
@@ -125,8 +128,8 @@ export function parseBenchArgs(argv: string[], defaultOutDir: string): BenchOpti
     loadSeconds: positiveInt('load-seconds', values['load-seconds']) ?? preset.loadSeconds,
     startupBlobs: positiveInt('startup-blobs', values['startup-blobs']) ?? preset.startupBlobs,
     outDir,
-    writeLatest: true,
     ocirelayNodeArgs: (values['node-args'] ?? '').split(/\s+/).filter(Boolean),
+    ocirelayBin: values['ocirelay-root'] !== undefined ? path.resolve(values['ocirelay-root'], 'bin', 'ocirelay.js') : undefined,
   };
 }
 

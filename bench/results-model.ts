@@ -2,6 +2,7 @@
 // summary. This is what bench/results/<date>-<scenario>.json holds.
 import type { Mode, ScenarioId } from './options.ts';
 import { summarize, type Summary } from './stats.ts';
+import { progress } from './progress.ts';
 
 export type Contender = 'ocirelay' | 'distribution-proxy' | 'upstream' | 'nginx' | 'ocirelay-empty-cache';
 
@@ -14,6 +15,14 @@ export interface Sample {
   /** Metric name -> value (units in ScenarioResult.metrics). */
   values: Record<string, number>;
   detail?: Record<string, unknown>;
+}
+
+/** A sample that could not be measured: the contender failed (crashed, answered wrongly). */
+export interface FailedSample {
+  case: string;
+  contender: Contender;
+  rep: number;
+  error: string;
 }
 
 export interface MetricInfo {
@@ -40,12 +49,14 @@ export interface ScenarioResult {
   params: Record<string, unknown>;
   metrics: Record<string, MetricInfo>;
   samples: Sample[];
+  failures: FailedSample[];
   summaries: SummaryRow[];
   notes: string[];
 }
 
 export class ScenarioRecorder {
   readonly samples: Sample[] = [];
+  readonly failures: FailedSample[] = [];
   readonly notes: string[] = [];
   private readonly startedAt = new Date();
 
@@ -63,12 +74,32 @@ export class ScenarioRecorder {
     const vals = Object.entries(s.values)
       .map(([k, v]) => `${k}=${formatValue(v, this.metrics[k]?.unit ?? '')}`)
       .join(' ');
-    process.stderr.write(`  [${this.scenario}] ${s.case} ${s.contender} #${s.rep}: ${vals}\n`);
+    progress(`[${this.scenario}] ${s.case} ${s.contender} #${s.rep}: ${vals}`);
+  }
+
+  /**
+   * Run one measurement; a failure is recorded (not thrown) so that the other contenders and
+   * repetitions still run. Returns false when it failed.
+   */
+  async measure(
+    at: { case: string; contender: Contender; rep: number },
+    fn: () => Promise<{ values: Record<string, number>; detail?: Record<string, unknown> }>,
+  ): Promise<boolean> {
+    try {
+      const r = await fn();
+      this.add({ ...at, ...r });
+      return true;
+    } catch (e) {
+      const error = ((e as Error).message ?? String(e)).slice(0, 2000);
+      this.failures.push({ ...at, error });
+      progress(`[${this.scenario}] ${at.case} ${at.contender} #${at.rep}: FAILED: ${error.split('\n')[0]}`);
+      return false;
+    }
   }
 
   note(text: string): void {
     this.notes.push(text);
-    process.stderr.write(`  [${this.scenario}] note: ${text}\n`);
+    progress(`[${this.scenario}] note: ${text}`);
   }
 
   finish(): ScenarioResult {
@@ -91,6 +122,7 @@ export class ScenarioRecorder {
       params: this.params,
       metrics: this.metrics,
       samples: this.samples,
+      failures: this.failures,
       summaries: [...keys.values()].map((e) => ({ case: e.case, contender: e.contender, metric: e.metric, summary: summarize(e.values) })),
       notes: this.notes,
     };

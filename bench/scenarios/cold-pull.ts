@@ -46,31 +46,30 @@ export async function coldPull(env: BenchEnv): Promise<ScenarioResult> {
         }
         const dest = path.join(env.workDir, `pull-${++n}`);
         try {
-          await env.meter.waitQuiet(300);
-          const mark = await env.meter.mark();
-          const cpu0 = contender === 'upstream' ? undefined : await cpuSeconds(endpoint.pid);
-          const t0 = performance.now();
-          await skopeoCopy(`docker://${endpoint.host}/${c.image.repo}:${c.image.tag}`, `oci:${dest}:${c.image.tag}`, {
-            srcTlsVerify: false,
-            ...(c.image.isIndex ? { all: true } : {}),
-            timeoutMs: 900_000,
-          });
-          const seconds = (performance.now() - t0) / 1000;
-          const cpu1 = contender === 'upstream' ? undefined : await cpuSeconds(endpoint.pid);
-          // A proxy may go on fetching after its client is served: that traffic counts too.
-          await env.meter.waitQuiet(1_000);
-          const t = await env.meter.trafficSince(mark, '-');
-          rec.add({
-            case: c.name,
-            contender,
-            rep,
-            values: {
-              seconds,
-              upstreamBytes: t.totalBytes,
-              upstreamGets: t.requests.GET ?? 0,
-              ...(cpu0 !== undefined && cpu1 !== undefined ? { proxyCpuS: cpu1 - cpu0 } : {}),
-            },
-            detail: { upstreamRequests: t.requests },
+          await rec.measure({ case: c.name, contender, rep }, async () => {
+            await env.meter.waitQuiet(300);
+            const mark = await env.meter.mark();
+            const cpu0 = contender === 'upstream' ? undefined : await cpuSeconds(endpoint.pid);
+            const t0 = performance.now();
+            await skopeoCopy(`docker://${endpoint.host}/${c.image.repo}:${c.image.tag}`, `oci:${dest}:${c.image.tag}`, {
+              srcTlsVerify: false,
+              ...(c.image.isIndex ? { all: true } : {}),
+              timeoutMs: 900_000,
+            });
+            const seconds = (performance.now() - t0) / 1000;
+            const cpu1 = contender === 'upstream' ? undefined : await cpuSeconds(endpoint.pid);
+            // A proxy may go on fetching after its client is served: that traffic counts too.
+            await env.meter.waitQuiet(600);
+            const t = await env.meter.trafficSince(mark, '-');
+            return {
+              values: {
+                seconds,
+                upstreamBytes: t.totalBytes,
+                upstreamGets: t.requests.GET ?? 0,
+                ...(cpu0 !== undefined && cpu1 !== undefined ? { proxyCpuS: cpu1 - cpu0 } : {}),
+              },
+              detail: { upstreamRequests: t.requests },
+            };
           });
         } finally {
           await stop();

@@ -47,30 +47,29 @@ export async function herd(env: BenchEnv): Promise<ScenarioResult> {
           stop = p.stop;
         }
         try {
-          await env.meter.waitQuiet(300);
-          const mark = await env.meter.mark();
-          const cpu0 = await cpuSeconds(ep.pid);
-          const r = await concurrentGets(`${ep.url}/v2/${img.repo}/blobs/${blob.digest}`, clients, { expectBytes: blob.size, timeoutMs: 900_000 });
-          const cpu1 = await cpuSeconds(ep.pid);
-          const rss = await peakRss(ep.pid);
-          await env.meter.waitQuiet(1_000);
-          const t = await env.meter.trafficSince(mark, blob.digest);
-          const ttfbs = r.clients.map((c) => c.ttfbS).sort((a, b) => a - b);
-          rec.add({
-            case: name,
-            contender,
-            rep,
-            values: {
-              wallS: r.wallS,
-              ttfbP50S: quantile(ttfbs, 0.5),
-              ttfbMaxS: ttfbs[ttfbs.length - 1] ?? NaN,
-              upstreamBytes: t.blobBytes,
-              upstreamRatio: t.blobBytes / blob.size,
-              upstreamGets: t.blobGets,
-              ...(rss !== undefined ? { peakRss: rss } : {}),
-              ...(cpu0 !== undefined && cpu1 !== undefined ? { proxyCpuS: cpu1 - cpu0 } : {}),
-            },
-            detail: { upstreamRequests: t.requests, clientSeconds: r.clients.map((c) => Number(c.totalS.toFixed(3))) },
+          await rec.measure({ case: name, contender, rep }, async () => {
+            await env.meter.waitQuiet(300);
+            const mark = await env.meter.mark();
+            const cpu0 = await cpuSeconds(ep.pid);
+            const r = await concurrentGets(`${ep.url}/v2/${img.repo}/blobs/${blob.digest}`, clients, { expectBytes: blob.size, timeoutMs: 900_000 });
+            const cpu1 = await cpuSeconds(ep.pid);
+            const rss = await peakRss(ep.pid);
+            await env.meter.waitQuiet(600);
+            const t = await env.meter.trafficSince(mark, blob.digest);
+            const ttfbs = r.clients.map((c) => c.ttfbS).sort((a, b) => a - b);
+            return {
+              values: {
+                wallS: r.wallS,
+                ttfbP50S: quantile(ttfbs, 0.5),
+                ttfbMaxS: ttfbs[ttfbs.length - 1] ?? NaN,
+                upstreamBytes: t.blobBytes,
+                upstreamRatio: t.blobBytes / blob.size,
+                upstreamGets: t.blobGets,
+                ...(rss !== undefined ? { peakRss: rss } : {}),
+                ...(cpu0 !== undefined && cpu1 !== undefined ? { proxyCpuS: cpu1 - cpu0 } : {}),
+              },
+              detail: { upstreamRequests: t.requests, clientSeconds: r.clients.map((c) => Number(c.totalS.toFixed(3))) },
+            };
           });
         } finally {
           await stop();

@@ -1,6 +1,6 @@
 // d. Warm manifest GETs by tag and by digest under load: wrk, one thread, N connections.
 // Requests per second and latency percentiles; every answer must be a 2xx.
-import type { BenchEnv } from '../bench-env.ts';
+import { isAlive, type BenchEnv } from '../bench-env.ts';
 import { curlGet, runWrk } from '../load-clients.ts';
 import { cpuSeconds } from '../proc-stats.ts';
 import { ScenarioRecorder, type Contender, type ScenarioResult } from '../results-model.ts';
@@ -42,23 +42,28 @@ export async function manifestLoad(env: BenchEnv): Promise<ScenarioResult> {
     for (let rep = 1; rep <= o.reps; rep++) {
       for (const c of CONTENDERS) {
         const url = `${base(c).url}/v2/${img.repo}/manifests/${r.ref}`;
-        const cpu0 = await cpuSeconds(base(c).pid);
-        const w = await runWrk(url, { connections: o.loadConnections, seconds: o.loadSeconds, headers });
-        const cpu1 = await cpuSeconds(base(c).pid);
-        if (w.errors > 0) rec.note(`${r.name} ${c} rep ${rep}: ${w.errors} errors (non-2xx or socket)`);
-        rec.add({
-          case: r.name,
-          contender: c,
-          rep,
-          values: {
-            rps: w.rps,
-            p50Ms: w.p50Ms,
-            p99Ms: w.p99Ms,
-            errors: w.errors,
-            ...(cpu0 !== undefined && cpu1 !== undefined ? { serverCpuS: cpu1 - cpu0 } : {}),
-          },
-          detail: { requests: w.requests, p90Ms: w.p90Ms },
+        const pid = base(c).pid;
+        const ok = await rec.measure({ case: r.name, contender: c, rep }, async () => {
+          const cpu0 = await cpuSeconds(pid);
+          const w = await runWrk(url, { connections: o.loadConnections, seconds: o.loadSeconds, headers });
+          const cpu1 = await cpuSeconds(pid);
+          if (w.errors > 0) rec.note(`${r.name} ${c} rep ${rep}: ${w.errors} errors (non-2xx or socket)`);
+          return {
+            values: {
+              rps: w.rps,
+              p50Ms: w.p50Ms,
+              p99Ms: w.p99Ms,
+              errors: w.errors,
+              ...(cpu0 !== undefined && cpu1 !== undefined ? { serverCpuS: cpu1 - cpu0 } : {}),
+            },
+            detail: { requests: w.requests, p90Ms: w.p90Ms },
+          };
         });
+        // wrk reports a server that died mid-run as socket errors, not as a failure: check the process.
+        if (!ok || !isAlive(pid)) {
+          if (ok) rec.note(`${r.name} ${c} rep ${rep}: the process exited during the sample`);
+          rec.note(await env.recoverWarm(c === 'ocirelay' ? 'ocirelay' : 'distribution-proxy'));
+        }
       }
     }
   }

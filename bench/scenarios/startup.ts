@@ -7,11 +7,12 @@ import path from 'node:path';
 import type { BenchEnv } from '../bench-env.ts';
 import { generateCacheDir } from '../cache-dir-generator.ts';
 import { ScenarioRecorder, type Contender, type ScenarioResult } from '../results-model.ts';
+import { progress } from '../progress.ts';
 
 export async function startup(env: BenchEnv): Promise<ScenarioResult> {
   const o = env.options;
   const big = path.join(env.workDir, 'startup-cache');
-  process.stderr.write(`  [startup] writing ${o.startupBlobs} cached blobs...\n`);
+  progress(`[startup] writing ${o.startupBlobs} cached blobs...`);
   const gen = await generateCacheDir(big, o.startupBlobs);
   const withBlobs = `${o.startupBlobs} blobs`;
   const rec = new ScenarioRecorder(

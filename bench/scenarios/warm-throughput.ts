@@ -40,30 +40,29 @@ export async function warmThroughput(env: BenchEnv): Promise<ScenarioResult> {
       const name = `${size} x${clients}`;
       for (let rep = 1; rep <= repsFor(o, size); rep++) {
         for (const contender of CONTENDERS) {
-          const url =
-            contender === 'ocirelay'
-              ? `${warm.ocirelay.url}/v2/${img.repo}/blobs/${img.layer.digest}`
-              : contender === 'distribution-proxy'
-                ? `${warm.proxy.url}/v2/${img.repo}/blobs/${img.layer.digest}`
-                : (warm.nginxUrls[size] as string);
-          const pid = contender === 'ocirelay' ? warm.ocirelay.pid : contender === 'distribution-proxy' ? warm.proxy.pid : undefined;
-          if (pid !== undefined) await resetPeakRss(pid);
-          const cpu0 = pid !== undefined ? await cpuSeconds(pid) : undefined;
-          const r = await concurrentGets(url, clients, { expectBytes: img.layer.size, repeat, timeoutMs: 900_000 });
-          const cpu1 = pid !== undefined ? await cpuSeconds(pid) : undefined;
-          const rss = pid !== undefined ? await peakRss(pid) : undefined;
-          rec.add({
-            case: name,
-            contender,
-            rep,
-            values: {
-              throughput: r.bytes / r.wallS,
-              wallS: r.wallS,
-              ...(rss !== undefined ? { peakRss: rss } : {}),
-              ...(cpu0 !== undefined && cpu1 !== undefined ? { serverCpuS: cpu1 - cpu0 } : {}),
-            },
-            detail: { bytes: r.bytes, downloadsPerClient: repeat },
+          const target = () => {
+            if (contender === 'ocirelay') return { url: `${warm.ocirelay.url}/v2/${img.repo}/blobs/${img.layer.digest}`, pid: warm.ocirelay.pid };
+            if (contender === 'distribution-proxy') return { url: `${warm.proxy.url}/v2/${img.repo}/blobs/${img.layer.digest}`, pid: warm.proxy.pid };
+            return { url: warm.nginxUrls[size] as string, pid: undefined };
+          };
+          const { url, pid } = target();
+          const ok = await rec.measure({ case: name, contender, rep }, async () => {
+            if (pid !== undefined) await resetPeakRss(pid);
+            const cpu0 = pid !== undefined ? await cpuSeconds(pid) : undefined;
+            const r = await concurrentGets(url, clients, { expectBytes: img.layer.size, repeat, timeoutMs: 900_000 });
+            const cpu1 = pid !== undefined ? await cpuSeconds(pid) : undefined;
+            const rss = pid !== undefined ? await peakRss(pid) : undefined;
+            return {
+              values: {
+                throughput: r.bytes / r.wallS,
+                wallS: r.wallS,
+                ...(rss !== undefined ? { peakRss: rss } : {}),
+                ...(cpu0 !== undefined && cpu1 !== undefined ? { serverCpuS: cpu1 - cpu0 } : {}),
+              },
+              detail: { bytes: r.bytes, downloadsPerClient: repeat },
+            };
           });
+          if (!ok && (contender === 'ocirelay' || contender === 'distribution-proxy')) rec.note(await env.recoverWarm(contender));
         }
       }
     }

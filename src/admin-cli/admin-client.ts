@@ -132,18 +132,21 @@ export interface AdminClientOptions {
   signal?: AbortSignal;
 }
 
-/** `--admin` value -> URL; a bare `host:port` means http. Throws a plain Error naming the problem. */
-export function parseAdminUrl(value: string): URL {
+/**
+ * The admin API's address -> URL; a bare `host:port` means http. Throws a plain Error naming
+ * the problem and where the value came from (`source`: `--admin` or `OCIRELAY_ADMIN`).
+ */
+export function parseAdminUrl(value: string, source = '--admin'): URL {
   const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(value) ? value : `http://${value}`;
   let url: URL;
   try {
     url = new URL(withScheme);
   } catch {
-    throw new Error(`--admin: "${value}" is not a URL`);
+    throw new Error(`${source}: "${value}" is not a URL`);
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`--admin: "${value}" is not an http:// or https:// URL`);
-  if (url.username || url.password) throw new Error('--admin: the URL must not carry credentials (use --token)');
-  if (url.search || url.hash) throw new Error(`--admin: "${value}" must not have a query or fragment`);
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`${source}: "${value}" is not an http:// or https:// URL`);
+  if (url.username || url.password) throw new Error(`${source}: the URL must not carry credentials (use --token)`);
+  if (url.search || url.hash) throw new Error(`${source}: "${value}" must not have a query or fragment`);
   return url;
 }
 

@@ -281,9 +281,10 @@ const COMMANDS: Record<string, Command> = {
       return async (ctx) => {
         const answer = await ctx.client.pin(body);
         ctx.print(answer, () => {
+          // `digests`: everything pinned, the manifests and the blobs they reference.
           const n = answer.pinned.digests?.length ?? 1;
           const frozen = answer.frozen ? `frozen tag ${answer.frozen.tag} at ${answer.frozen.digest}\n` : '';
-          return `pinned ${answer.pinned.image ?? image} at ${answer.pinned.digest} (${n} manifest${n === 1 ? '' : 's'}, ${formatBytes(answer.pinned.bytes)})\n${frozen}`;
+          return `pinned ${answer.pinned.image ?? image} at ${answer.pinned.digest} (${n} manifests and blobs, ${formatBytes(answer.pinned.bytes)})\n${frozen}`;
         });
         return EXIT.OK;
       };
@@ -521,7 +522,9 @@ export async function runAdminCommand(name: string, argv: string[], io: CliIo): 
     token = await resolveToken(values, io.env);
     redact = redactor(token);
     try {
-      baseUrl = parseAdminUrl(str(values, 'admin') ?? (io.env.OCIRELAY_ADMIN?.trim() || DEFAULT_ADMIN_URL));
+      const flagUrl = str(values, 'admin');
+      const envUrl = io.env.OCIRELAY_ADMIN?.trim();
+      baseUrl = flagUrl !== undefined ? parseAdminUrl(flagUrl) : envUrl ? parseAdminUrl(envUrl, 'OCIRELAY_ADMIN') : new URL(DEFAULT_ADMIN_URL);
     } catch (e) {
       throw new UsageError((e as Error).message);
     }
@@ -537,8 +540,8 @@ export async function runAdminCommand(name: string, argv: string[], io: CliIo): 
 
   // One signal bounds the whole command: its deadline and Ctrl-C.
   const controller = new AbortController();
+  // Not unref'd: cleared in `finally`, and it must fire even if nothing else holds the loop open.
   const timer = setTimeout(() => controller.abort(new AdminTimeoutError(`no answer within ${timeoutText} (--timeout)`)), timeoutMs);
-  timer.unref();
   const onInterrupt = () => controller.abort(new InterruptedError());
   if (io.interrupt?.aborted) onInterrupt();
   io.interrupt?.addEventListener('abort', onInterrupt, { once: true });

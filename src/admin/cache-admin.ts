@@ -208,6 +208,9 @@ export class CacheAdmin {
       const root = this.resolve(target.image);
       if (!root) throw new RegistryError('MANIFEST_UNKNOWN', `${target.image.canonical} is not cached`);
       digests = this.closure(root);
+      if (!force && digests.some((x) => index.isPinned(x))) {
+        throw new RegistryError('DENIED', `${target.image.canonical} is pinned: unpin it first, or purge with force`);
+      }
       for (const [tag, rec] of index.tagRecordsOf(registry, repository)) {
         if ((target.image.tag && tag === target.image.tag) || (!target.image.tag && rec.digest === root)) index.untag(registry, repository, tag);
       }
@@ -215,8 +218,10 @@ export class CacheAdmin {
     } else {
       digests = index.linksOf(registry, repository);
       if (digests.length === 0 && index.tagsOf(registry, repository).length === 0) throw new RegistryError('NAME_UNKNOWN', `${target.repo!.canonical} is not cached`);
-      for (const tag of index.tagsOf(registry, repository)) index.untag(registry, repository, tag);
-      for (const [tag] of index.frozenTagsOf(registry, repository)) index.unfreeze(registry, repository, tag);
+      // Without force, pinned images of the repository stay, tags included.
+      const pinnedRoot = (d: string) => !force && this.closure(d).some((x) => index.isPinned(x));
+      for (const [tag, rec] of index.tagRecordsOf(registry, repository)) if (!pinnedRoot(rec.digest)) index.untag(registry, repository, tag);
+      for (const [tag, f] of index.frozenTagsOf(registry, repository)) if (!pinnedRoot(f.digest)) index.unfreeze(registry, repository, tag);
     }
     if (force) for (const p of index.pinsOf(registry, repository)) if (!target.image || p.digests.includes(digests[0]!)) index.unpin(p.ref);
     // Content that other images of the same repository still use stays.
@@ -242,7 +247,7 @@ export class CacheAdmin {
       if (wasManifest) removedManifests++;
       else removedBlobs++;
     }
-    if (target.repo) index.unlink(registry, repository);
+    if (target.repo && (force || index.pinsOf(registry, repository).length === 0)) index.unlink(registry, repository);
     return { removedManifests, removedBlobs, freedBytes };
   }
 

@@ -1,0 +1,287 @@
+// Turns scenario results into the judged targets of issue 4, the Markdown report (ratios,
+// medians with spread, machine info) and the SVG charts of the herd and throughput scenarios.
+import type { MachineInfo } from './machine-info.ts';
+import type { ScenarioId } from './options.ts';
+import { findSummary, formatValue, type Contender, type ScenarioResult } from './results-model.ts';
+import type { Summary } from './stats.ts';
+import { barChartSvg, type BarGroup, type Panel } from './svg-chart.ts';
+
+export type Results = Partial<Record<ScenarioId, ScenarioResult>>;
+
+export interface TargetCheck {
+  /** Issue 4's letter: a..f. */
+  id: string;
+  scenario: ScenarioId;
+  case: string;
+  measure: string;
+  ocirelay: string;
+  reference: string;
+  /** The judged ratio (or the absolute value, for e and f). */
+  value: number | undefined;
+  valueText: string;
+  target: string;
+  /** undefined: not judged (information, or not measured). */
+  met: boolean | undefined;
+}
+
+const NAMES: Record<Contender, string> = {
+  ocirelay: 'ocirelay',
+  'distribution-proxy': 'Distribution proxy',
+  upstream: 'upstream direct',
+  nginx: 'nginx sendfile',
+  'ocirelay-empty-cache': 'ocirelay, empty cache',
+};
+
+function cases(r: ScenarioResult): string[] {
+  return [...new Set(r.samples.map((s) => s.case))];
+}
+
+function med(s: Summary | undefined): number | undefined {
+  return s && Number.isFinite(s.median) ? s.median : undefined;
+}
+
+function ratio(a: number | undefined, b: number | undefined): number | undefined {
+  return a !== undefined && b !== undefined && b !== 0 ? a / b : undefined;
+}
+
+function cell(s: Summary | undefined, unit: string): string {
+  if (!s || s.n === 0) return '—';
+  if (s.n === 1) return formatValue(s.median, unit);
+  return `${formatValue(s.median, unit)} (${formatValue(s.min, unit)}–${formatValue(s.max, unit)}, n=${s.n})`;
+}
+
+function ratioCheck(
+  id: string,
+  r: ScenarioResult,
+  c: string,
+  metric: string,
+  measure: string,
+  ref: Contender,
+  op: '<=' | '>=' | 'info',
+  bound: number,
+): TargetCheck {
+  const unit = r.metrics[metric]?.unit ?? '';
+  const a = findSummary(r, c, 'ocirelay', metric);
+  const b = findSummary(r, c, ref, metric);
+  const v = ratio(med(a), med(b));
+  const failed = (r.failures ?? []).filter((f) => f.case === c && f.contender === 'ocirelay').length;
+  return {
+    id,
+    scenario: r.scenario,
+    case: c,
+    measure,
+    ocirelay: cell(a, unit),
+    reference: `${NAMES[ref]}: ${cell(b, unit)}`,
+    value: v,
+    valueText: (v === undefined ? '—' : `${v.toFixed(2)}x`) + (failed ? ` (ocirelay failed ${failed} sample${failed > 1 ? 's' : ''})` : ''),
+    target: op === 'info' ? '(info)' : `${op} ${bound}x`,
+    met: op === 'info' ? undefined : failed > 0 ? false : v === undefined ? undefined : op === '<=' ? v <= bound : v >= bound,
+  };
+}
+
+export const RSS_LIMIT_BYTES = 150e6;
+export const READY_LIMIT_S = 2;
+
+export function evaluateTargets(res: Results): TargetCheck[] {
+  const out: TargetCheck[] = [];
+  const a = res['cold-pull'];
+  if (a) {
+    for (const c of cases(a)) {
+      out.push(ratioCheck('a', a, c, 'seconds', 'cold pull time, ocirelay / Distribution proxy', 'distribution-proxy', '<=', 0.8));
+      out.push(ratioCheck('a', a, c, 'seconds', 'cold pull time, ocirelay / upstream direct', 'upstream', '<=', 1.15));
+    }
+  }
+  const b = res.herd;
+  if (b) {
+    for (const c of cases(b)) {
+      const ratios = b.samples.filter((s) => s.case === c && s.contender === 'ocirelay').map((s) => s.values.upstreamRatio ?? NaN);
+      const worst = ratios.length ? Math.max(...ratios) : undefined;
+      const refS = findSummary(b, c, 'distribution-proxy', 'upstreamRatio');
+      const failed = (b.failures ?? []).filter((f) => f.case === c && f.contender === 'ocirelay').length;
+      out.push({
+        id: 'b',
+        scenario: 'herd',
+        case: c,
+        measure: 'upstream bytes / blob size, ocirelay (worst repetition)',
+        ocirelay: cell(findSummary(b, c, 'ocirelay', 'upstreamBytes'), 'bytes'),
+        reference: `Distribution proxy: ${cell(refS, 'x')}`,
+        value: worst,
+        valueText: (worst === undefined ? '—' : `${worst.toFixed(3)}x`) + (failed ? ` (ocirelay failed ${failed} sample${failed > 1 ? 's' : ''})` : ''),
+        target: '= 1.0x',
+        met: failed > 0 ? false : worst === undefined || !Number.isFinite(worst) ? undefined : ratios.every((v) => v === 1),
+      });
+      out.push(ratioCheck('b', b, c, 'wallS', 'herd wall time, ocirelay / Distribution proxy', 'distribution-proxy', '<=', 0.5));
+    }
+  }
+  const cRes = res['warm-throughput'];
+  if (cRes) {
+    for (const c of cases(cRes)) {
+      out.push(ratioCheck('c', cRes, c, 'throughput', 'warm throughput, ocirelay / Distribution proxy', 'distribution-proxy', '>=', 0.9));
+      out.push(ratioCheck('c', cRes, c, 'throughput', 'warm throughput, ocirelay / nginx sendfile', 'nginx', 'info', 0));
+    }
+  }
+  const d = res['manifest-load'];
+  if (d) {
+    for (const [c, bound] of [
+      ['by tag', 10],
+      ['by digest', 1.5],
+    ] as const) {
+      const check = ratioCheck('d', d, c, 'rps', `manifest GET ${c}, req/s ocirelay / Distribution proxy`, 'distribution-proxy', '>=', bound);
+      const errs = d.samples.filter((s) => s.case === c && s.contender === 'ocirelay').reduce((acc, s) => acc + (s.values.errors ?? 0), 0);
+      const p = (who: Contender) => `p50 ${cell(findSummary(d, c, who, 'p50Ms'), 'ms')}, p99 ${cell(findSummary(d, c, who, 'p99Ms'), 'ms')}`;
+      check.ocirelay += `; ${p('ocirelay')}`;
+      check.reference += `; ${p('distribution-proxy')}`;
+      if (errs > 0) {
+        check.met = false;
+        check.valueText += ` (${errs} errors)`;
+      }
+      out.push(check);
+    }
+  }
+  const e = res['peak-rss'];
+  if (e) {
+    const peakOf = (who: Contender) => Math.max(...e.samples.filter((s) => s.contender === who).map((s) => s.values.peakRss ?? 0));
+    const ours = peakOf('ocirelay');
+    const theirs = peakOf('distribution-proxy');
+    out.push({
+      id: 'e',
+      scenario: 'peak-rss',
+      case: 'herd + warm, all samples',
+      measure: 'peak RSS of ocirelay (max over samples)',
+      ocirelay: `${(ours / 1e6).toFixed(0)} MB`,
+      reference: `Distribution proxy: ${(theirs / 1e6).toFixed(0)} MB`,
+      value: ours,
+      valueText: `${(ours / 1e6).toFixed(0)} MB`,
+      target: `<= ${RSS_LIMIT_BYTES / 1e6} MB`,
+      met: Number.isFinite(ours) && ours > 0 ? ours <= RSS_LIMIT_BYTES : undefined,
+    });
+  }
+  const f = res.startup;
+  if (f) {
+    const c = cases(f).find((x) => x !== 'empty cache');
+    if (c) {
+      const s = findSummary(f, c, 'ocirelay', 'readyzS');
+      const empty = findSummary(f, 'empty cache', 'ocirelay-empty-cache', 'readyzS');
+      const v = med(s);
+      out.push({
+        id: 'f',
+        scenario: 'startup',
+        case: c,
+        measure: 'spawn to ready (/readyz 200), median',
+        ocirelay: cell(s, 's'),
+        reference: `empty cache: ${cell(empty, 's')}`,
+        value: v,
+        valueText: v === undefined ? '—' : `${v.toFixed(2)} s`,
+        target: `<= ${READY_LIMIT_S} s${(f.params.blobs as number) < 100_000 ? ' (defined for 100k blobs)' : ''}`,
+        met: v === undefined ? undefined : v <= READY_LIMIT_S,
+      });
+    }
+  }
+  return out;
+}
+
+function verdict(m: boolean | undefined): string {
+  return m === undefined ? '—' : m ? '**met**' : '**MISSED**';
+}
+
+function esc(s: string): string {
+  return s.replace(/\|/g, '\\|');
+}
+
+/** Key metrics shown per scenario in the detail tables. */
+const DETAIL_METRICS: Record<ScenarioId, string[]> = {
+  'cold-pull': ['seconds', 'upstreamBytes', 'proxyCpuS'],
+  herd: ['wallS', 'ttfbP50S', 'ttfbMaxS', 'upstreamGets', 'upstreamRatio', 'peakRss', 'proxyCpuS'],
+  'warm-throughput': ['throughput', 'peakRss', 'serverCpuS'],
+  'manifest-load': ['rps', 'p50Ms', 'p99Ms', 'errors', 'serverCpuS'],
+  'peak-rss': ['peakRss'],
+  startup: ['readyzS', 'readyLogS', 'internalStartupS', 'cachedBlobs'],
+};
+
+function detailTable(r: ScenarioResult): string {
+  const contenders = [...new Set(r.samples.map((s) => s.contender))];
+  const lines = [`| case | metric | ${contenders.map((c) => NAMES[c]).join(' | ')} |`, `| --- | --- | ${contenders.map(() => '---').join(' | ')} |`];
+  for (const c of cases(r)) {
+    for (const m of DETAIL_METRICS[r.scenario]) {
+      const unit = r.metrics[m]?.unit ?? '';
+      const cells = contenders.map((who) => cell(findSummary(r, c, who, m), unit));
+      if (cells.every((x) => x === '—')) continue;
+      lines.push(`| ${esc(c)} | ${m} | ${cells.map(esc).join(' | ')} |`);
+    }
+  }
+  return lines.join('\n');
+}
+
+export interface ReportInput {
+  results: Results;
+  targets: TargetCheck[];
+  machine: MachineInfo;
+  command: string;
+  date: string;
+  mode: string;
+  durationS: number;
+  /** Chart file names (relative to the report), by scenario. */
+  charts: Partial<Record<ScenarioId, string>>;
+  failures: string[];
+}
+
+export function renderMarkdown(i: ReportInput): string {
+  const m = i.machine;
+  const out: string[] = [];
+  out.push(`# ocirelay benchmark, ${i.date} (${i.mode})`, '');
+  out.push(`Command: \`${i.command}\` (took ${(i.durationS / 60).toFixed(1)} min). Medians of the repetitions, with (min–max, n) where there were several; contenders interleaved repetition by repetition; cold means a fresh data dir / fresh registry storage per repetition.`, '');
+  out.push('## Machine', '');
+  out.push(`- CPU: ${m.cpuModel}, ${m.cores} cores; memory ${(m.memoryBytes / 2 ** 30).toFixed(1)} GiB`);
+  out.push(`- OS: ${m.os}, kernel ${m.kernel}; node ${m.node}`);
+  out.push(`- Tools: ${Object.entries(m.tools).map(([k, v]) => `${k}: ${v}`).join('; ')}`);
+  out.push(`- Load average at start: ${m.loadAvgAtStart.join(', ')} (other work on the machine skews results on 2 cores)`, '');
+  if (i.failures.length > 0) {
+    out.push('## Failures', '', ...i.failures.map((f) => `- ${f.split('\n')[0]}`), '');
+  }
+  out.push('## Targets (issue 4)', '');
+  out.push('| | case | measure | ocirelay | reference | ratio / value | target | result |', '| --- | --- | --- | --- | --- | --- | --- | --- |');
+  for (const t of i.targets) {
+    out.push(`| ${t.id} | ${esc(t.case)} | ${esc(t.measure)} | ${esc(t.ocirelay)} | ${esc(t.reference)} | ${esc(t.valueText)} | ${esc(t.target)} | ${verdict(t.met)} |`);
+  }
+  const judged = i.targets.filter((t) => t.met !== undefined);
+  out.push('', `${judged.filter((t) => t.met).length} of ${judged.length} judged targets met.`, '');
+  out.push('## Details', '');
+  for (const r of Object.values(i.results)) {
+    if (!r) continue;
+    out.push(`### ${r.title}`, '');
+    out.push(detailTable(r), '');
+    for (const f of r.failures ?? []) out.push(`- FAILED: ${esc(f.case)} ${NAMES[f.contender]} rep ${f.rep}: ${esc(f.error.split('\n')[0] ?? '')}`);
+    for (const n of r.notes) out.push(`- note: ${esc(n)}`);
+    if (r.notes.length || r.failures?.length) out.push('');
+    const chart = i.charts[r.scenario];
+    if (chart) out.push(`![${r.scenario}](${chart})`, '');
+    out.push(`Raw samples: \`${r.date}-${r.scenario}.json\`.`, '');
+  }
+  return out.join('\n');
+}
+
+function groupsFor(r: ScenarioResult, metric: string, contenders: Contender[]): BarGroup[] {
+  return cases(r).map((c) => ({
+    label: c,
+    bars: contenders.flatMap((who) => {
+      const s = findSummary(r, c, who, metric);
+      return s && s.n > 0 ? [{ label: who, median: s.median, min: s.min, max: s.max }] : [];
+    }),
+  }));
+}
+
+export function throughputChart(r: ScenarioResult): string {
+  const panels: Panel[] = [
+    { title: 'Warm blob throughput (higher is better)', unit: 'GB/s', scale: 1e9, groups: groupsFor(r, 'throughput', ['ocirelay', 'distribution-proxy', 'nginx']) },
+  ];
+  return barChartSvg(panels, `${r.date} ${r.mode}: bars are medians, whiskers min–max over repetitions; curl clients, body to /dev/null.`);
+}
+
+export function herdChart(r: ScenarioResult): string {
+  const contenders: Contender[] = ['ocirelay', 'distribution-proxy'];
+  const panels: Panel[] = [
+    { title: 'Herd: wall time until every client has the blob (lower is better)', unit: 's', groups: groupsFor(r, 'wallS', contenders) },
+    { title: 'Herd: bytes the upstream sent / blob size (lower is better)', unit: 'x blob size', groups: groupsFor(r, 'upstreamRatio', contenders), refLine: { value: 1, label: 'exactly once' } },
+  ];
+  return barChartSvg(panels, `${r.date} ${r.mode}: ${String((r.params.blob as { size?: number } | undefined)?.size ?? '')} byte blob; bars are medians, whiskers min–max.`);
+}
