@@ -50,12 +50,15 @@ export class BenchEnv {
     let upstream: RegistryFixture | undefined;
     try {
       upstream = await startRegistry();
-      const sizes = new Set<SizeName>(options.sizes);
-      if (options.scenarios.includes('herd') || options.scenarios.includes('peak-rss')) sizes.add(options.herdSize);
-      if (options.scenarios.includes('manifest-load')) sizes.add(options.sizes[0] ?? '4m');
-      const smallest = options.mode === 'smoke' ? '1m' : '4m';
-      progress(`seeding upstream ${upstream.url} with layers ${[...sizes].join(', ')} and a multi-arch index`);
-      const seeded = await seedUpstream(upstream, [...sizes], smallest);
+      // Only what the selected scenarios pull: seeding 1 GiB takes a while.
+      const has = (s: string) => (options.scenarios as string[]).includes(s);
+      const sizes = new Set<SizeName>();
+      if (has('cold-pull') || has('warm-throughput') || has('peak-rss')) for (const s of options.sizes) sizes.add(s);
+      if (has('herd') || has('peak-rss')) sizes.add(options.herdSize);
+      if (has('manifest-load')) sizes.add(options.sizes[0] ?? '4m');
+      const index = has('cold-pull') && options.pullIndex ? (options.mode === 'smoke' ? '1m' : '4m') : undefined;
+      progress(`seeding upstream ${upstream.url} with layers ${[...sizes].join(', ') || '(none)'}${index ? ' and a multi-arch index' : ''}`);
+      const seeded = await seedUpstream(upstream, [...sizes], index);
       progress(`seeded in ${seeded.seedSeconds.toFixed(1)} s`);
       return new BenchEnv(options, workDir, upstream, seeded, new UpstreamMeter(upstream));
     } catch (e) {

@@ -27,7 +27,8 @@ export interface CurlOptions {
 /** GETs with curl, bodies discarded. Rejects on a transport error, a non-200 or a short body. */
 export async function curlGet(url: string, opts: CurlOptions): Promise<CurlResult> {
   const repeat = opts.repeat ?? 1;
-  const args = ['-s', '-S', '-w', CURL_FORMAT];
+  // -y/-Y: a transfer that stalls (under 1 byte/s for 15 s) is a failure, not a long wait.
+  const args = ['-s', '-S', '-y', '15', '-Y', '1', '-w', CURL_FORMAT];
   for (const [k, v] of Object.entries(opts.headers ?? {})) args.push('-H', `${k}: ${v}`);
   for (let i = 0; i < repeat; i++) args.push('-o', '/dev/null', url);
   let stdout: string;

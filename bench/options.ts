@@ -58,10 +58,10 @@ export const USAGE = `usage: npm run bench -- [options]
   --herd-size S      blob size for the herd (default 256m)
   --load-seconds N   seconds of load per manifest measurement (default 5)
   --startup-blobs N  cached blobs for the start-up scenario (default 100000)
-  --quick            a check in under two minutes: 1 rep, 4m+256m, herd of 16, 2 s loads
+  --quick            a check in under two minutes: 1 rep, 4m+256m, herd of 16, 2 s loads, 20k blobs
   --smoke            seconds: 1 rep, 1 MiB layers, 200 blobs, 1 s loads (CI)
   --out-dir DIR      where results go (default bench/results)
-  --node-args "..."  extra node flags for ocirelay (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof")
+  --node-args="..."  extra node flags for ocirelay (e.g. --node-args="--cpu-prof --cpu-prof-dir=/tmp/prof")
   --ocirelay-root D  measure the ocirelay checkout in D (D/bin/ocirelay.js) instead of this one
 `;
 
@@ -109,7 +109,7 @@ export function parseBenchArgs(argv: string[], defaultOutDir: string): BenchOpti
     mode === 'smoke'
       ? { mode, reps: 1, repsLarge: 1, sizes: ['1m'], herdSize: '1m', herdClients: [4], warmClients: [1, 4], loadSeconds: 1, loadConnections: 16, startupBlobs: 200, pullIndex: true }
       : mode === 'quick'
-        ? { mode, reps: 1, repsLarge: 1, sizes: ['4m', '256m'], herdSize: '256m', herdClients: [16], warmClients: [1, 8], loadSeconds: 2, loadConnections: 64, startupBlobs: 100_000, pullIndex: false }
+        ? { mode, reps: 1, repsLarge: 1, sizes: ['4m', '256m'], herdSize: '256m', herdClients: [16], warmClients: [1, 8], loadSeconds: 2, loadConnections: 64, startupBlobs: 20_000, pullIndex: false }
         : { mode, reps: 5, repsLarge: 5, sizes: ['4m', '256m', '1g'], herdSize: '256m', herdClients: [16, 32], warmClients: [1, 8], loadSeconds: 5, loadConnections: 64, startupBlobs: 100_000, pullIndex: true };
 
   const scenarios = (list(values.scenarios) ?? [...SCENARIOS]).map((s) => {

@@ -624,34 +624,45 @@ test('freeze --digest rolls a moved tag back to an earlier digest; history lists
   assert.match(none.stderr, /no recorded tag changes/);
 });
 
-test('purge keeps pinned content without --force, removes it with --force; purge --repository; ls no longer lists them', async () => {
+test('purge refuses a pinned image without --force (exit 4), removes it with --force; purge --repository keeps pinned images unless --force', async () => {
+  await expectExit(0, ['prefetch', 'docker.io/library/single:1.0']); // a bystander repository
   await expectExit(0, ['pin', 'docker.io/library/big:1.0']);
-  const kept = await expectExit(0, ['purge', 'docker.io/library/big:1.0']);
-  assert.equal(kept.stdout, 'purged docker.io/library/big:1.0: 0 manifests, 0 blobs, 0 B freed (pinned content is kept without --force)\n');
+  // docs/admin-api.md says pinned content is kept (200); the server refuses with 403 DENIED,
+  // which the CLI maps like every 403: exit 4, the OCI code and message on stderr.
+  const refused = await expectExit(4, ['purge', 'docker.io/library/big:1.0']);
+  assert.match(refused.stderr, /^ocirelay purge: DENIED: .*pinned/m);
+  assert.equal(refused.stdout, '');
   const stillThere = json<{ images: Image[] }>(await expectExit(0, ['ls', '--json', '--repository', 'library/big']));
   const big = stillThere.images.find((i) => i.digest === images.big.manifestDigest);
   assert.ok(big, 'pinned content survives a purge without --force');
   assert.equal(big.pinned, true);
+  assert.deepEqual(big.tags, ['1.0']);
 
-  // The purge without --force took the tag away (the pinned content stayed): --force by digest.
-  const byDigest = `docker.io/library/big@${images.big.manifestDigest}`;
-  const forced = await expectExit(0, ['purge', byDigest, '--force']);
-  const m = /^purged (\S+): (\d+) manifests, (\d+) blobs, (\S+ \S*B) freed$/m.exec(forced.stdout);
+  const forced = await expectExit(0, ['purge', 'docker.io/library/big:1.0', '--force']);
+  const m = /^purged docker\.io\/library\/big:1\.0: (\d+) manifests, (\d+) blobs, (\S+ \S*B) freed$/m.exec(forced.stdout);
   assert.ok(m, forced.stdout);
-  assert.equal(m[1], byDigest);
-  assert.ok(Number(m[2]) >= 1 && Number(m[3]) >= 1, forced.stdout);
-  assert.match(m[4]!, /MiB$/, 'the 1 MiB layer was freed');
+  assert.ok(Number(m[1]) >= 1 && Number(m[2]) >= 1, forced.stdout);
+  assert.match(m[3]!, /MiB$/, 'the 1 MiB layer was freed');
   const gone = await expectExit(0, ['ls', '--repository', 'library/big']);
   assert.match(gone.stderr, /no cached images/);
+  const again = await expectExit(3, ['purge', 'docker.io/library/big:1.0']);
+  assert.match(again.stderr, /^ocirelay purge: MANIFEST_UNKNOWN: /m);
 
-  await expectExit(0, ['prefetch', 'docker.io/library/v2s2:1.0']);
+  // A repository: its pinned image stays without --force, goes with it.
+  await expectExit(0, ['pin', 'docker.io/library/v2s2:1.0']);
+  const soft = await expectExit(0, ['purge', '--repository', 'docker.io/library/v2s2']);
+  assert.match(soft.stdout, /^purged docker\.io\/library\/v2s2: 0 manifests, 0 blobs, 0 B freed \(pinned content is kept without --force\)$/m);
+  assert.ok(json<{ images: Image[] }>(await expectExit(0, ['ls', '--json', '--repository', 'library/v2s2'])).images.some((i) => i.pinned));
   const repo = json<{ removedManifests: number; removedBlobs: number; freedBytes: number }>(
-    await expectExit(0, ['purge', '--json', '--repository', 'docker.io/library/v2s2']),
+    await expectExit(0, ['purge', '--json', '--force', '--repository', 'docker.io/library/v2s2']),
   );
+  // (Its layers may stay: library/rollback, cached by another test, references the same blobs.)
   assert.ok(repo.removedManifests >= 1 && repo.freedBytes > 0, JSON.stringify(repo));
   const lsAll = json<{ images: Image[] }>(await expectExit(0, ['ls', '--json']));
   assert.ok(!lsAll.images.some((i) => i.repository === 'library/v2s2'), 'the purged repository is gone');
   assert.ok(lsAll.images.some((i) => i.repository === 'library/single'), 'other repositories stay');
+  const unknownRepo = await expectExit(3, ['purge', '--repository', 'docker.io/library/v2s2']);
+  assert.match(unknownRepo.stderr, /^ocirelay purge: NAME_UNKNOWN: /m);
 });
 
 test('a failed operation exits 1 with the OCI code and message; an invalid reference the API refuses exits 2', async () => {

@@ -91,6 +91,8 @@ export class CacheAdmin {
       for (const d of linkedManifests) if (!children.has(d)) root(d);
 
       for (const [digest, info] of roots) {
+        // A tag whose manifest was evicted is remembered, but the image is not cached.
+        if (!disk.has(digest)) continue;
         const meta = index.manifestMeta(digest);
         const all = this.closure(digest);
         let size = 0;

@@ -104,6 +104,7 @@ export class BlobService {
       if (req.method === 'HEAD') return { status, headers, source: 'disk', cache: 'hit' };
       const mem = memory.get(req.digest);
       if (mem) {
+        disk.touch(req.digest);
         const bytes = range ? mem.subarray(range.start, range.end + 1) : mem;
         return { status, headers, body: Readable.from([bytes]), source: 'memory', cache: 'hit' };
       }
@@ -135,7 +136,8 @@ export class BlobService {
           if (small) memory.set(req.digest, small);
           this.d.metrics.cacheBytes.set({ tier: 'disk' }, disk.bytes);
           this.d.metrics.cacheEntries.set({ tier: 'disk' }, disk.count);
-          void this.d.evictor.check();
+          // After this fill has left the in-flight set, so its bytes are not counted twice.
+          setImmediate(() => void this.d.evictor.check());
         },
       });
       fill = started.fill;

@@ -89,7 +89,10 @@ export class ManifestService {
   /** The cached bytes of a manifest, if held and readable. */
   private async cached(digest: string): Promise<Buffer | undefined> {
     const mem = this.d.memory.get(digest);
-    if (mem) return mem;
+    if (mem) {
+      this.d.disk.touch(digest);
+      return mem;
+    }
     const b = await this.d.disk.read(digest);
     if (b) this.d.memory.set(digest, b);
     return b;

@@ -46,7 +46,7 @@ async function freePort(): Promise<number> {
 export async function startOcirelay(config: Record<string, unknown>, opts: { dir?: string; port?: number; adminPort?: number } = {}): Promise<OcirelayProcess> {
   const dir = opts.dir ?? (await mkdtemp(path.join(os.tmpdir(), 'ocirelay-proc-')));
   const port = opts.port ?? (await freePort());
-  const dataDir = path.join(dir, 'data');
+  const dataDir = typeof config.dataDir === 'string' ? config.dataDir : path.join(dir, 'data');
   const cfgFile = path.join(dir, 'config.yaml');
   const admin = { ...((config.admin as Record<string, unknown> | undefined) ?? {}) };
   admin.listen ??= `127.0.0.1:${opts.adminPort ?? (await freePort())}`;
