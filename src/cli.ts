@@ -4,7 +4,6 @@
 import { parseArgs } from 'node:util';
 import { adminUsage, isAdminCommand, runAdminCommand } from './admin-cli/commands.ts';
 import { ConfigError, loadConfig } from './config.ts';
-import { startProxy } from './main.ts';
 
 const USAGE = `usage: ocirelay serve [--config FILE] [--listen HOST:PORT] [--data-dir DIR]
        ocirelay ls | stats | pin | unpin | freeze | unfreeze | prefetch | purge | history [flags]
@@ -74,6 +73,8 @@ export async function runCli(argv: string[]): Promise<number> {
   process.on('SIGINT', handler);
   let proxy;
   try {
+    // Loaded here, not at the top: admin commands do not need the server's modules.
+    const { startProxy } = await import('./main.ts');
     proxy = await startProxy(config);
   } catch (e) {
     process.stderr.write(`ocirelay: cannot start: ${(e as Error).message}\n`);
