@@ -3,19 +3,9 @@
 // with an OCI error (AdminApiError), it could not be reached (AdminUnreachableError), or it
 // answered something that is not the admin API's JSON (AdminProtocolError).
 
-export interface CachedImage {
-  registry: string;
-  repository: string;
-  tags: string[];
-  digest: string;
-  mediaType: string;
-  size: number;
-  cachedBlobs: number;
-  missingBlobs: number;
-  lastAccess: string | null;
-  pinned: boolean;
-  frozenTags: string[];
-}
+// The server's own type (a type-only import: no server code is loaded by the CLI).
+import type { CachedImage } from '../admin/cache-admin.ts';
+export type { CachedImage };
 
 export interface Stats {
   requests: { hit: number; miss: number; coalesced: number; stale: number };

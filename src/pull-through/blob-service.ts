@@ -10,7 +10,7 @@ import { parseRange, isRangeSyntaxValid, type ByteRange } from '../oci/range.ts'
 import type { CacheIndex } from '../storage/cache-index.ts';
 import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
 import type { MemoryCache } from '../storage/memory-cache.ts';
-import type { RegistryClient } from '../upstream/registry-client.ts';
+import type { RegistryClient, UpstreamResponse } from '../upstream/registry-client.ts';
 import type { DiskHealth } from '../storage/disk-health.ts';
 import type { Evictor } from '../storage/evictor.ts';
 import { FillError, type BlobFill } from './blob-fill.ts';
@@ -48,6 +48,11 @@ export interface BlobServiceDeps {
 }
 
 const OCTET = 'application/octet-stream';
+
+function contentLength(res: UpstreamResponse): number | undefined {
+  const cl = res.headers['content-length'];
+  return cl !== undefined && /^\d+$/.test(cl) ? Number(cl) : undefined;
+}
 
 function rangeFor(header: string | undefined, size: number): ByteRange | undefined {
   const r = parseRange(header, size);
@@ -186,8 +191,7 @@ export class BlobService {
       throw errorFromTransport(e, req.registry);
     }
     if (res.status !== 200) throw await errorFromUpstream(res, req.registry, 'BLOB_UNKNOWN');
-    const cl = res.headers['content-length'];
-    const size = cl !== undefined && /^\d+$/.test(cl) ? Number(cl) : undefined;
+    const size = contentLength(res);
     return { body: res.body, size };
   }
 
@@ -210,24 +214,11 @@ export class BlobService {
 
   /** Make sure the repository may see this digest: a known link, or the upstream says so. */
   private async authorize(req: BlobRequest): Promise<void> {
-    if (this.d.index.isLinked(req.registry, req.repository, req.digest)) return;
-    const up = this.upstream(req.registry);
-    let res;
-    try {
-      res = await up.request({ method: 'HEAD', path: `/v2/${req.repository}/blobs/${req.digest}`, repository: req.repository });
-    } catch (e) {
-      throw errorFromTransport(e, req.registry);
-    }
-    if (res.status === 200) {
-      res.body.destroy();
-      this.d.index.link(req.registry, req.repository, req.digest);
-      return;
-    }
-    throw await errorFromUpstream(res, req.registry, 'BLOB_UNKNOWN');
+    if (!this.d.index.isLinked(req.registry, req.repository, req.digest)) await this.confirmUpstream(req);
   }
 
-  /** HEAD of a blob we do not hold: ask the upstream, fill nothing. */
-  private async headUpstream(req: BlobRequest): Promise<BlobResponse> {
+  /** HEAD the blob upstream for this repository (with our credentials); link it when it is there. */
+  private async confirmUpstream(req: BlobRequest): Promise<UpstreamResponse> {
     const up = this.upstream(req.registry);
     let res;
     try {
@@ -238,8 +229,13 @@ export class BlobService {
     if (res.status !== 200) throw await errorFromUpstream(res, req.registry, 'BLOB_UNKNOWN');
     res.body.destroy();
     this.d.index.link(req.registry, req.repository, req.digest);
-    const cl = res.headers['content-length'];
-    const size = cl !== undefined && /^\d+$/.test(cl) ? Number(cl) : undefined;
+    return res;
+  }
+
+  /** HEAD of a blob we do not hold: ask the upstream, fill nothing. */
+  private async headUpstream(req: BlobRequest): Promise<BlobResponse> {
+    const res = await this.confirmUpstream(req);
+    const size = contentLength(res);
     const headers: Record<string, string> = { 'Content-Type': OCTET, 'Docker-Content-Digest': req.digest, ETag: `"${req.digest}"`, 'Accept-Ranges': 'bytes' };
     if (size !== undefined) headers['Content-Length'] = String(size);
     return { status: 200, headers, source: 'upstream', cache: 'miss' };
