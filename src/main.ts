@@ -165,6 +165,7 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
       await fills.drain(config.shutdownGraceMs);
       await serverClosed;
       clearTimeout(grace);
+      await manifests.flush();
       await index.close();
       await disk.flushRecency();
       for (const u of upstreams.values()) await u.close();

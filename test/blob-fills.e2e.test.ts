@@ -13,6 +13,7 @@ import { buildImages, pushImages, type PushedImages } from './fixtures/images.ts
 import { startRegistry, type RegistryFixture } from './fixtures/registry.ts';
 import { startTamperProxy, type TamperProxy } from './fixtures/tamper-proxy.ts';
 import { download, pushBlob, randomBlob } from './helpers/http-client.ts';
+import { eventually } from './helpers/eventually.ts';
 import { startOcirelay, type OcirelayProcess } from './helpers/ocirelay-process.ts';
 
 const MiB = 1024 * 1024;
@@ -61,7 +62,7 @@ describe('one upstream download per digest', () => {
     assert.equal(tamper.count({ method: 'GET', pathIncludes: layer.digest }), 1, 'one GET reached the pass-through');
     assert.equal(await upstream.countRequests({ method: 'GET', pathIncludes: layer.digest }), 1, 'one GET reached the registry');
     assert.equal(await proxy.metric('ocirelay_coalesced_waiters_total'), 15);
-    assert.ok(existsSync(blobFile(layer.digest)));
+    await eventually(() => existsSync(blobFile(layer.digest)), 'committed');
     // Warm now: no more upstream traffic.
     const warm = await download(url);
     assert.equal(warm.sha256, layer.digest);
@@ -102,8 +103,8 @@ describe('one upstream download per digest', () => {
     for (const f of fast) assert.equal(f.sha256, digest);
     assert.equal((await leaving).aborted, true);
     // The fill finished while the slow client was still stalled.
-    assert.ok(existsSync(blobFile(digest)), 'committed while a client was stalled');
-    assert.equal(await proxy.metric('ocirelay_fills_in_flight'), 0);
+    await eventually(() => existsSync(blobFile(digest)), 'committed while a client was stalled');
+    await eventually(async () => (await proxy.metric('ocirelay_fills_in_flight')) === 0, 'no fill in flight');
     release();
     const s = await slow;
     assert.equal(s.aborted, false);
@@ -116,8 +117,7 @@ describe('one upstream download per digest', () => {
     const digest = await coldBlob('stream/alone', 16 * MiB);
     const r = await download(blobUrl('stream/alone', digest), { abortAfter: 512 * 1024 });
     assert.equal(r.aborted, true);
-    for (let i = 0; i < 100 && !existsSync(blobFile(digest)); i++) await new Promise((res) => setTimeout(res, 50));
-    assert.ok(existsSync(blobFile(digest)), 'the fill completed and committed without any client');
+    await eventually(() => existsSync(blobFile(digest)), 'the fill completed and committed without any client');
     const again = await download(blobUrl('stream/alone', digest));
     assert.equal(again.sha256, digest);
     assert.equal(tamper.count({ method: 'GET', pathIncludes: digest }), 1);

@@ -84,6 +84,8 @@ export class ImagePuller {
           }),
         );
         bytes += n;
+        // Pulled into the cache means committed, not only streamed.
+        await this.blobs.settled(digest);
       }
     }
     return { digest: top.digest, digests, bytes };

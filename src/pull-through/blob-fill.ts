@@ -52,10 +52,19 @@ export class BlobFill {
   readonly origin: string;
   readonly tempPath: string;
   state: State = 'starting';
+  /**
+   * Every byte is written and its digest and size match. Readers may deliver the last byte
+   * from here on; the fsync and rename that commit the file to the cache come after (a
+   * failure there only means it is not cached: what the clients received was verified).
+   */
+  verified = false;
   written = 0;
   size: number | undefined;
   error: Error | undefined;
   readonly ready: Promise<void>;
+  /** Resolves when the fill has finished: committed to the cache, or failed. */
+  readonly settled: Promise<'committed' | FillFailure>;
+  private settle!: (outcome: 'committed' | FillFailure) => void;
 
   private fh: FileHandle | undefined;
   private readers = 0;
@@ -75,6 +84,7 @@ export class BlobFill {
     });
     // A fill nobody awaits any more must not raise an unhandled rejection.
     this.ready.catch(() => undefined);
+    this.settled = new Promise((r) => (this.settle = r));
     this.newTick();
   }
 
@@ -112,6 +122,7 @@ export class BlobFill {
       this.rejectReady(e as RegistryError);
       this.notify();
       this.hooks.onFinished(this, 'upstream_error');
+      this.settle('upstream_error');
       return;
     }
     this.size = src.size;
@@ -126,6 +137,7 @@ export class BlobFill {
       this.rejectReady(this.error);
       this.notify();
       this.hooks.onFinished(this, 'disk_error');
+      this.settle('disk_error');
       return;
     }
     this.state = 'running';
@@ -142,6 +154,7 @@ export class BlobFill {
     this.notify();
     this.maybeClose();
     this.hooks.onFinished(this, outcome);
+    this.settle(outcome);
   }
 
   private async copy(src: FillSource): Promise<'committed' | FillFailure> {
@@ -181,6 +194,9 @@ export class BlobFill {
       }
       const actual = `sha256:${hash.digest('hex')}`;
       if (actual !== this.digest) throw new FillError('digest_mismatch', `upstream content has digest ${actual}, expected ${this.digest}`);
+      this.size = this.written;
+      this.verified = true;
+      this.notify();
       try {
         await fh.sync();
         await this.hooks.commit(this.tempPath, this.written, keep ? Buffer.concat(keep) : undefined);
@@ -252,15 +268,15 @@ class FillReader extends Readable {
       for (;;) {
         if (this.destroyed) return;
         const f = this.fill;
-        if (f.state === 'failed') {
+        const verified = f.verified;
+        if (!verified && f.state === 'failed') {
           this.destroy(f.error ?? new Error('fill failed'));
           return;
         }
-        const committed = f.state === 'committed';
-        const end = this.endExcl ?? (committed ? f.written : f.size ?? Infinity);
+        const end = this.endExcl ?? (verified ? f.written : f.size ?? Infinity);
         // Until the digest is verified, never hand out the final byte of the response.
-        const limit = committed ? end : Math.min(f.written, end - 1);
-        if (committed && this.pos >= end) {
+        const limit = verified ? end : Math.min(f.written, end - 1);
+        if (verified && this.pos >= end) {
           this.push(null);
           return;
         }

@@ -96,6 +96,11 @@ export class BlobService {
     return u;
   }
 
+  /** Resolves once no fill of `digest` is in flight (it committed or failed). */
+  async settled(digest: string): Promise<void> {
+    await this.d.fills.get(digest)?.settled;
+  }
+
   async get(req: BlobRequest): Promise<BlobResponse> {
     if (req.range !== undefined && !isRangeSyntaxValid(req.range)) throw new RegistryError('RANGE_INVALID', 'malformed Range header');
     const { disk, memory, index, fills } = this.d;

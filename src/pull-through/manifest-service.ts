@@ -8,7 +8,7 @@ import type { Logger } from '../logger.ts';
 import type { CacheResult, Metrics } from '../metrics.ts';
 import { MAX_MANIFEST_BYTES, accepts, guessManifestMediaType, parseManifest, upstreamAccept } from '../oci/media-types.ts';
 import { isSha256Digest } from '../oci/reference.ts';
-import type { CacheIndex } from '../storage/cache-index.ts';
+import type { CacheIndex, ManifestMeta } from '../storage/cache-index.ts';
 import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
 import type { DiskHealth } from '../storage/disk-health.ts';
 import type { Evictor } from '../storage/evictor.ts';
@@ -74,6 +74,9 @@ async function readCapped(res: UpstreamResponse, cap: number): Promise<Buffer> {
 
 export class ManifestService {
   private readonly inFlight = new Map<string, Promise<Fetched>>();
+  /** Manifests being written to disk (served from memory meanwhile). */
+  private readonly storing = new Map<string, ManifestMeta>();
+  private readonly writes = new Set<Promise<void>>();
   private readonly now: () => number;
 
   constructor(private readonly d: ManifestServiceDeps) {
@@ -98,13 +101,18 @@ export class ManifestService {
     return b;
   }
 
+  /** Wait for manifest writes in progress (shutdown). */
+  async flush(): Promise<void> {
+    await Promise.all([...this.writes]);
+  }
+
   async get(req: ManifestRequest): Promise<ManifestResponse> {
     return isSha256Digest(req.reference) ? this.byDigest(req) : this.byTag(req);
   }
 
   private async byDigest(req: ManifestRequest): Promise<ManifestResponse> {
     const { index } = this.d;
-    const meta = index.manifestMeta(req.reference);
+    const meta = index.manifestMeta(req.reference) ?? this.storing.get(req.reference);
     const linked = index.isLinked(req.registry, req.repository, req.reference);
     if (meta && linked) {
       const body = await this.cached(req.reference);
@@ -238,19 +246,27 @@ export class ManifestService {
       throw new RegistryError('MANIFEST_INVALID', 'upstream manifest is not valid JSON', { status: 502 });
     }
     this.d.memory.set(digest, body);
-    let stored = this.d.health.writable;
-    if (stored) {
-      try {
-        await this.d.disk.put(digest, body);
-        void this.d.evictor.check();
-      } catch (e) {
-        stored = false;
-        this.d.health.failed(e, 'storing a manifest');
-      }
-    }
     const { index } = this.d;
-    // Only content on disk is recorded as cached; the memory copy serves meanwhile.
-    if (stored) index.recordManifest(digest, mediaType, body.length, [...refs.blobs, ...refs.manifests].filter(isSha256Digest));
+    const childRefs = [...refs.blobs, ...refs.manifests].filter(isSha256Digest);
+    if (this.d.health.writable && !this.storing.has(digest)) {
+      // Written to disk after the answer: the memory copy serves meanwhile, and only content
+      // on disk is recorded as cached.
+      this.storing.set(digest, { mediaType, size: body.length, refs: childRefs });
+      const p = this.d.disk
+        .put(digest, body)
+        .then(
+          () => {
+            index.recordManifest(digest, mediaType, body.length, childRefs);
+            void this.d.evictor.check();
+          },
+          (e: unknown) => this.d.health.failed(e, 'storing a manifest'),
+        )
+        .finally(() => {
+          this.storing.delete(digest);
+          this.writes.delete(p);
+        });
+      this.writes.add(p);
+    }
 
     index.link(req.registry, req.repository, digest);
     for (const d of refs.blobs) if (isSha256Digest(d)) index.link(req.registry, req.repository, d);

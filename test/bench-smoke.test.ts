@@ -1,0 +1,167 @@
+// The benchmark harness end to end on tiny images (`bench/run.ts --smoke`): every scenario runs
+// against real processes (Distribution upstream and proxy, ocirelay, nginx, curl, wrk, skopeo)
+// and writes well-formed results into a temp dir. Plus the pure parts (options, stats, wrk parsing).
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { parseWrk } from '../bench/load-clients.ts';
+import { parseBenchArgs, SCENARIOS } from '../bench/options.ts';
+import type { ScenarioResult } from '../bench/results-model.ts';
+import { summarize } from '../bench/stats.ts';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const RUN = path.join(ROOT, 'bench', 'run.ts');
+
+let out: string;
+before(async () => {
+  out = await mkdtemp(path.join(os.tmpdir(), 'ocirelay-bench-smoke-'));
+});
+after(async () => {
+  if (out) await rm(out, { recursive: true, force: true });
+});
+
+function runBench(args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', RUN, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr = (stderr + s).slice(-20_000)));
+    // SIGTERM lets the harness stop what it started; SIGKILL only if it does not.
+    const term = setTimeout(() => child.kill('SIGTERM'), timeoutMs);
+    const kill = setTimeout(() => child.kill('SIGKILL'), timeoutMs + 15_000);
+    child.once('error', reject);
+    child.once('exit', (code) => {
+      clearTimeout(term);
+      clearTimeout(kill);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+test('bench --smoke runs every scenario end to end and writes JSON, Markdown and SVG', { timeout: 180_000 }, async () => {
+  const r = await runBench(['--smoke', '--out-dir', out], 150_000);
+  assert.equal(r.code, 0, `bench exited ${r.code}\n${r.stderr}`);
+  const files = await readdir(out);
+
+  // One JSON per scenario, every raw sample in it.
+  for (const scenario of SCENARIOS) {
+    const file = files.find((f) => new RegExp(`^\\d{4}-\\d{2}-\\d{2}-${scenario}\\.json$`).test(f));
+    assert.ok(file, `no JSON for ${scenario} in ${files.join(', ')}`);
+    const result = JSON.parse(await readFile(path.join(out, file), 'utf8')) as ScenarioResult & { machine: { cpuModel: string; cores: number } };
+    assert.equal(result.scenario, scenario);
+    assert.equal(result.mode, 'smoke');
+    assert.ok(result.samples.length + result.failures.length > 0, `${scenario}: no samples`);
+    assert.ok(result.samples.length > 0, `${scenario}: every sample failed: ${JSON.stringify(result.failures)}`);
+    for (const s of result.samples) {
+      assert.ok(s.case && s.contender && s.rep >= 1, `${scenario}: malformed sample ${JSON.stringify(s)}`);
+      for (const [k, v] of Object.entries(s.values)) {
+        assert.ok(k in result.metrics, `${scenario}: undeclared metric ${k}`);
+        assert.equal(typeof v, 'number');
+        assert.ok(Number.isFinite(v), `${scenario}: ${k} = ${v}`);
+      }
+    }
+    assert.ok(result.summaries.length > 0);
+    assert.ok(result.machine.cores > 0 && result.machine.cpuModel);
+  }
+
+  // Contenders measured side by side in the same run.
+  const contenders = async (scenario: string) => {
+    const f = files.find((x) => x.endsWith(`-${scenario}.json`)) as string;
+    const res = JSON.parse(await readFile(path.join(out, f), 'utf8')) as ScenarioResult;
+    return new Set([...res.samples, ...res.failures].map((s) => s.contender));
+  };
+  assert.deepEqual([...(await contenders('cold-pull'))].sort(), ['distribution-proxy', 'ocirelay', 'upstream']);
+  assert.deepEqual([...(await contenders('herd'))].sort(), ['distribution-proxy', 'ocirelay']);
+  assert.deepEqual([...(await contenders('warm-throughput'))].sort(), ['distribution-proxy', 'nginx', 'ocirelay']);
+
+  // The herd counts upstream bytes at the upstream: ocirelay fetched the blob exactly once.
+  const herdFile = files.find((x) => x.endsWith('-herd.json')) as string;
+  const herd = JSON.parse(await readFile(path.join(out, herdFile), 'utf8')) as ScenarioResult;
+  for (const s of herd.samples.filter((x) => x.contender === 'ocirelay')) assert.equal(s.values.upstreamRatio, 1);
+
+  // The Markdown report: machine info, a targets table naming every scenario's target, and the charts.
+  const md = await readFile(path.join(out, 'latest.md'), 'utf8');
+  assert.match(md, /^# ocirelay benchmark/);
+  assert.match(md, /CPU: .+, \d+ cores; memory/);
+  assert.match(md, /node v\d+/);
+  assert.match(md, /\| \| case \| measure \| ocirelay \| reference \| ratio \/ value \| target \| result \|/);
+  for (const letter of ['a', 'b', 'c', 'd', 'e', 'f']) {
+    assert.match(md, new RegExp(`^\\| ${letter} \\|.*\\| \\*\\*(met|MISSED)\\*\\* \\|$`, 'm'), `no judged target row for ${letter}`);
+  }
+  assert.match(md, /!\[herd\]\(\d{4}-\d{2}-\d{2}-herd\.svg\)/);
+  assert.match(md, /!\[warm-throughput\]\(\d{4}-\d{2}-\d{2}-warm-throughput\.svg\)/);
+  assert.ok(files.some((f) => /^\d{4}-\d{2}-\d{2}-report\.md$/.test(f)));
+
+  for (const chart of ['herd', 'warm-throughput']) {
+    const f = files.find((x) => x.endsWith(`-${chart}.svg`));
+    assert.ok(f, `no ${chart} chart`);
+    const svg = await readFile(path.join(out, f), 'utf8');
+    assert.match(svg, /^<\?xml version="1.0" encoding="UTF-8"\?>\n<svg xmlns="http:\/\/www.w3.org\/2000\/svg"/);
+    assert.ok(svg.trimEnd().endsWith('</svg>'));
+    assert.ok((svg.match(/<rect /g) ?? []).length >= 3, `${chart}: no bars`);
+    // Well-formed enough for a browser: every tag closed, no raw ampersands.
+    assert.equal((svg.match(/<text[ >]/g) ?? []).length, (svg.match(/<\/text>/g) ?? []).length);
+    assert.doesNotMatch(svg, /&(?!amp;|lt;|gt;|quot;)/);
+  }
+});
+
+test('bench options: presets, lists and refusals', () => {
+  const full = parseBenchArgs([], '/tmp/x');
+  assert.ok(full !== 'help');
+  assert.equal(full.mode, 'full');
+  assert.equal(full.reps, 5);
+  assert.deepEqual(full.sizes, ['4m', '256m', '1g']);
+  assert.deepEqual(full.herdClients, [16, 32]);
+  const quick = parseBenchArgs(['--quick', '--scenarios', 'herd,startup', '--reps', '2'], '/tmp/x');
+  assert.ok(quick !== 'help');
+  assert.deepEqual(quick.scenarios, ['herd', 'startup']);
+  assert.equal(quick.reps, 2);
+  assert.equal(quick.repsLarge, 2);
+  const sized = parseBenchArgs(['--sizes', '256m,1g', '--reps-large', '3'], '/tmp/x');
+  assert.ok(sized !== 'help');
+  assert.deepEqual(sized.sizes, ['256m', '1g']);
+  assert.equal(sized.repsLarge, 3);
+  assert.throws(() => parseBenchArgs(['--scenarios', 'nope'], '/tmp/x'), /unknown scenario/);
+  assert.throws(() => parseBenchArgs(['--sizes', '3g'], '/tmp/x'), /unknown size/);
+  assert.throws(() => parseBenchArgs(['--reps', '0'], '/tmp/x'), /positive integer/);
+  assert.equal(parseBenchArgs(['--help'], '/tmp/x'), 'help');
+});
+
+test('bench stats: median and spread', () => {
+  const s = summarize([3, 1, 2, 10, 4]);
+  assert.equal(s.n, 5);
+  assert.equal(s.median, 3);
+  assert.equal(s.min, 1);
+  assert.equal(s.max, 10);
+  assert.equal(s.spreadPct, 300);
+  assert.equal(summarize([]).n, 0);
+});
+
+test('wrk output parsing', () => {
+  const w = parseWrk(`Running 5s test @ http://127.0.0.1:1/v2/x/manifests/1.0
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     3.10ms    1.20ms  40.00ms   90.00%
+  Latency Distribution
+     50%  850.00us
+     75%    2.00ms
+     90%    4.00ms
+     99%    1.02s
+  71234 requests in 5.00s, 40.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:  14246.80
+Transfer/sec:      8.00MB
+`);
+  assert.equal(w.requests, 71234);
+  assert.equal(w.rps, 14246.8);
+  assert.equal(w.p50Ms, 0.85);
+  assert.equal(w.p90Ms, 4);
+  assert.equal(w.p99Ms, 1020);
+  assert.equal(w.errors, 7);
+});
