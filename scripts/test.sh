@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
-for pair in docker-registry:docker-registry skopeo:skopeo containerd:containerd ctr:containerd umoci:umoci htpasswd:apache2-utils openssl:openssl; do
+for pair in docker-registry:docker-registry skopeo:skopeo containerd:containerd ctr:containerd umoci:umoci htpasswd:apache2-utils openssl:openssl nginx:nginx-light wrk:wrk curl:curl ss:iproute2; do
   bin=${pair%%:*}; pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
