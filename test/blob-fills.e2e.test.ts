@@ -63,9 +63,15 @@ describe('one upstream download per digest', () => {
     assert.equal(await upstream.countRequests({ method: 'GET', pathIncludes: layer.digest }), 1, 'one GET reached the registry');
     assert.equal(await proxy.metric('ocirelay_coalesced_waiters_total'), 15);
     await eventually(() => existsSync(blobFile(layer.digest)), 'committed');
-    // Warm now: no more upstream traffic.
-    const warm = await download(url);
-    assert.equal(warm.sha256, layer.digest);
+    // Warm now: 8 concurrent readers from disk, mixed with small blobs (file descriptors are
+    // opened and closed all the time), all verified, and no more upstream traffic.
+    const small = images.single.layers[0]!;
+    const warm = await Promise.all([
+      ...Array.from({ length: 8 }, () => download(url)),
+      ...Array.from({ length: 8 }, () => download(blobUrl('library/single', small.digest))),
+    ]);
+    for (const w of warm.slice(0, 8)) assert.equal(w.sha256, layer.digest);
+    for (const w of warm.slice(8)) assert.equal(w.sha256, small.digest);
     assert.equal(await upstream.countRequests({ method: 'GET', pathIncludes: layer.digest }), 1);
   });
 

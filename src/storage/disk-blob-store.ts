@@ -134,17 +134,18 @@ export class DiskBlobStore implements BlobStore {
       const fh = await fs.open(file, 'r');
       this.readers.set(digest, (this.readers.get(digest) ?? 0) + 1);
       this.touch(digest);
+      // The stream owns the FileHandle and closes it (closing the raw fd ourselves as well
+      // would close a number the kernel may already have given to another open file).
       return createReadStream('', {
-        fd: fh.fd,
+        fd: fh,
         start: range?.start,
         end: range?.end,
-        highWaterMark: 256 * 1024,
+        highWaterMark: 1024 * 1024,
         autoClose: true,
       }).on('close', () => {
         const n = (this.readers.get(digest) ?? 1) - 1;
         if (n <= 0) this.readers.delete(digest);
         else this.readers.set(digest, n);
-        void fh.close().catch(() => undefined);
       });
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
