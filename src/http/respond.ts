@@ -6,9 +6,10 @@ import type { Readable } from 'node:stream';
 import type { ServerResponse } from 'node:http';
 import type { Context } from 'hono';
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
+import { OpenFile } from '../storage/open-file.ts';
 import type { AppEnv } from './request-context.ts';
 
-type Body = Buffer | Readable | undefined;
+type Body = Buffer | Readable | OpenFile | undefined;
 
 function outgoingOf(c: Context<AppEnv>): ServerResponse | undefined {
   const env = c.env as { outgoing?: ServerResponse } | undefined;
@@ -20,11 +21,29 @@ export function respond(c: Context<AppEnv>, status: number, headers: Record<stri
   const head = c.req.method === 'HEAD';
   const out = outgoingOf(c);
   headers = { ...headers, 'X-Request-Id': info.id };
+  if (body instanceof OpenFile && (head || !out)) {
+    if (head) {
+      void body.release();
+      body = undefined;
+    } else {
+      body = body.toReadable();
+    }
+  }
   if (out) {
     out.writeHead(status, headers);
     if (head || body === undefined) {
       (body as Readable | undefined)?.destroy?.();
       out.end();
+    } else if (body instanceof OpenFile) {
+      body
+        .sendTo(out, (n) => {
+          info.bytes += n;
+          onBytes?.(n);
+        })
+        .catch((err: Error) => {
+          info.aborted = err.message;
+          out.destroy();
+        });
     } else if (Buffer.isBuffer(body)) {
       info.bytes += body.length;
       onBytes?.(body.length);
@@ -53,18 +72,20 @@ export function respond(c: Context<AppEnv>, status: number, headers: Record<stri
     onBytes?.(body.length);
     return new Response(new Uint8Array(body) as Uint8Array<ArrayBuffer>, { status, headers });
   }
+  // OpenFile bodies were turned into streams above when there is no ServerResponse.
+  const readable = body as Readable;
   const stream = new ReadableStream<Uint8Array>({
     start(controller) {
-      body.on('data', (chunk: Buffer) => {
+      readable.on('data', (chunk: Buffer) => {
         info.bytes += chunk.length;
         onBytes?.(chunk.length);
         controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.length));
       });
-      body.on('end', () => controller.close());
-      body.on('error', (e) => controller.error(e));
+      readable.on('end', () => controller.close());
+      readable.on('error', (e) => controller.error(e));
     },
     cancel() {
-      body.destroy();
+      readable.destroy();
     },
   });
   return new Response(stream, { status, headers });

@@ -81,7 +81,7 @@ export function v2Routes(d: V2Deps): Hono<AppEnv> {
         info.source = b.source;
         d.metrics.cacheResults.inc({ kind: kindLabel, result: b.cache });
         const counter = d.metrics.bytesServed.labels({ source: b.source });
-        return respond(c, b.status, { ...API_VERSION, ...b.headers }, b.body, (n) => counter.inc(n));
+        return respond(c, b.status, { ...API_VERSION, ...b.headers }, b.file ?? b.body, (n) => counter.inc(n));
       }
       case 'tags': {
         const q = url.searchParams;

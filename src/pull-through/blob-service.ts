@@ -12,6 +12,7 @@ import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
 import type { MemoryCache } from '../storage/memory-cache.ts';
 import type { RegistryClient, UpstreamResponse } from '../upstream/registry-client.ts';
 import type { DiskHealth } from '../storage/disk-health.ts';
+import type { OpenFile } from '../storage/open-file.ts';
 import type { Evictor } from '../storage/evictor.ts';
 import { FillError, type BlobFill } from './blob-fill.ts';
 import type { BlobFills } from './blob-fills.ts';
@@ -29,8 +30,10 @@ export interface BlobRequest {
 export interface BlobResponse {
   status: 200 | 206;
   headers: Record<string, string>;
-  /** Absent for HEAD. */
+  /** Absent for HEAD (and when `file` is set). */
   body?: Readable;
+  /** A committed file on disk: sent by the caller with OpenFile.sendTo, then released. */
+  file?: OpenFile;
   source: 'memory' | 'disk' | 'fill' | 'upstream';
   cache: CacheResult;
 }
@@ -118,8 +121,8 @@ export class BlobService {
         const bytes = range ? mem.subarray(range.start, range.end + 1) : mem;
         return { status, headers, body: Readable.from([bytes]), source: 'memory', cache: 'hit' };
       }
-      const body = await disk.open(req.digest, range);
-      if (body) return { status, headers, body, source: 'disk', cache: 'hit' };
+      const file = await disk.openFile(req.digest, range);
+      if (file) return { status, headers, file, source: 'disk', cache: 'hit' };
       // Deleted under us (eviction): fall through to a fill.
     }
 

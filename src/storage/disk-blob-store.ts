@@ -6,6 +6,7 @@ import type { Logger } from '../logger.ts';
 import type { ByteRange } from '../oci/range.ts';
 import type { BlobStore } from './blob-store.ts';
 import type { CacheLayout } from './layout.ts';
+import { OpenFile } from './open-file.ts';
 
 /** How often at most a read refreshes a blob's mtime (its persisted recency). */
 const TOUCH_PERSIST_MS = 10 * 60_000;
@@ -154,6 +155,29 @@ export class DiskBlobStore implements BlobStore {
       }
       throw e;
     }
+  }
+
+  /** The committed file for one response (see OpenFile); undefined on a miss. */
+  async openFile(digest: string, range?: ByteRange): Promise<OpenFile | undefined> {
+    const size = this.sizes.get(digest);
+    if (size === undefined) return undefined;
+    let fh;
+    try {
+      fh = await fs.open(this.layout.blobPath(digest), 'r');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+        this.forget(digest);
+        return undefined;
+      }
+      throw e;
+    }
+    this.readers.set(digest, (this.readers.get(digest) ?? 0) + 1);
+    this.touch(digest);
+    return new OpenFile(fh, range?.start ?? 0, range?.end ?? size - 1, () => {
+      const n = (this.readers.get(digest) ?? 1) - 1;
+      if (n <= 0) this.readers.delete(digest);
+      else this.readers.set(digest, n);
+    });
   }
 
   async read(digest: string): Promise<Buffer | undefined> {
