@@ -74,7 +74,7 @@ export class ImagePuller {
         const res = await this.blobs.get({ registry, repository, digest, method: 'GET', range: undefined });
         let n = 0;
         await pipeline(
-          res.body!,
+          res.body ?? res.file!.toReadable(),
           new Writable({
             write(chunk: Buffer, _enc, cb) {
               n += chunk.length;

@@ -6,10 +6,10 @@ import type { Readable } from 'node:stream';
 import type { ServerResponse } from 'node:http';
 import type { Context } from 'hono';
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
-import { OpenFile } from '../storage/open-file.ts';
+import { isBodySource, type BodySource } from '../storage/body-source.ts';
 import type { AppEnv } from './request-context.ts';
 
-type Body = Buffer | Readable | OpenFile | undefined;
+type Body = Buffer | Readable | BodySource | undefined;
 
 function outgoingOf(c: Context<AppEnv>): ServerResponse | undefined {
   const env = c.env as { outgoing?: ServerResponse } | undefined;
@@ -21,7 +21,7 @@ export function respond(c: Context<AppEnv>, status: number, headers: Record<stri
   const head = c.req.method === 'HEAD';
   const out = outgoingOf(c);
   headers = { ...headers, 'X-Request-Id': info.id };
-  if (body instanceof OpenFile && (head || !out)) {
+  if (isBodySource(body) && (head || !out)) {
     if (head) {
       void body.release();
       body = undefined;
@@ -34,7 +34,7 @@ export function respond(c: Context<AppEnv>, status: number, headers: Record<stri
     if (head || body === undefined) {
       (body as Readable | undefined)?.destroy?.();
       out.end();
-    } else if (body instanceof OpenFile) {
+    } else if (isBodySource(body)) {
       body
         .sendTo(out, (n) => {
           info.bytes += n;

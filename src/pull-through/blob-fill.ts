@@ -7,7 +7,9 @@
 // client that has received everything else cannot see a complete body before verification.
 import { createHash } from 'node:crypto';
 import fs, { type FileHandle } from 'node:fs/promises';
+import type { ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
+import { sendChunks, type BodySource } from '../storage/body-source.ts';
 import type { ByteRange } from '../oci/range.ts';
 import type { RegistryError } from '../errors.ts';
 
@@ -221,9 +223,28 @@ export class BlobFill {
     return new FillReader(this, range);
   }
 
+  /** A body source for one response, sent without per-chunk garbage (see body-source.ts). */
+  createSender(range?: ByteRange): BodySource {
+    this.readers++;
+    return new FillSender(this, range);
+  }
+
+  /**
+   * What a reader at `pos` that wants bytes up to `endExcl` (undefined: to the end) may do now.
+   * Until the digest is verified, the final byte of a response is never available.
+   */
+  span(pos: number, endExcl: number | undefined): { kind: 'read'; limit: number } | { kind: 'wait' } | { kind: 'end' } | { kind: 'error'; error: Error } {
+    if (!this.verified && this.state === 'failed') return { kind: 'error', error: this.error ?? new Error('fill failed') };
+    const end = endExcl ?? (this.verified ? this.written : this.size ?? Infinity);
+    const limit = this.verified ? end : Math.min(this.written, end - 1);
+    if (this.verified && pos >= end) return { kind: 'end' };
+    return pos < limit ? { kind: 'read', limit } : { kind: 'wait' };
+  }
+
   /** Positional read from the temp file (still valid after the rename: we hold the fd). */
-  async readAt(buf: Buffer, pos: number): Promise<number> {
-    const { bytesRead } = await this.fh!.read(buf, 0, buf.length, pos);
+  async readAt(buf: Buffer, pos: number, len = buf.length): Promise<number> {
+    const { bytesRead } = await this.fh!.read(buf, 0, len, pos);
+    if (bytesRead <= 0) throw new Error('short read from fill temp file');
     return bytesRead;
   }
 
@@ -267,33 +288,25 @@ class FillReader extends Readable {
     try {
       for (;;) {
         if (this.destroyed) return;
-        const f = this.fill;
-        const verified = f.verified;
-        if (!verified && f.state === 'failed') {
-          this.destroy(f.error ?? new Error('fill failed'));
+        const s = this.fill.span(this.pos, this.endExcl);
+        if (s.kind === 'error') {
+          this.destroy(s.error);
           return;
         }
-        const end = this.endExcl ?? (verified ? f.written : f.size ?? Infinity);
-        // Until the digest is verified, never hand out the final byte of the response.
-        const limit = verified ? end : Math.min(f.written, end - 1);
-        if (verified && this.pos >= end) {
+        if (s.kind === 'end') {
           this.push(null);
           return;
         }
-        if (this.pos < limit) {
-          const n = Math.min(READ_CHUNK, limit - this.pos);
-          const buf = Buffer.allocUnsafe(n);
-          const got = await f.readAt(buf, this.pos);
-          if (this.destroyed) return;
-          if (got <= 0) {
-            this.destroy(new Error('short read from fill temp file'));
-            return;
-          }
-          this.pos += got;
-          if (!this.push(got === n ? buf : buf.subarray(0, got))) return;
+        if (s.kind === 'wait') {
+          await this.fill.changed();
           continue;
         }
-        await f.changed();
+        const n = Math.min(READ_CHUNK, s.limit - this.pos);
+        const buf = Buffer.allocUnsafe(n);
+        const got = await this.fill.readAt(buf, this.pos);
+        if (this.destroyed) return;
+        this.pos += got;
+        if (!this.push(got === n ? buf : buf.subarray(0, got))) return;
       }
     } catch (e) {
       this.destroy(e as Error);
@@ -308,5 +321,53 @@ class FillReader extends Readable {
       this.fill.releaseReader();
     }
     cb(err);
+  }
+}
+
+/** One response's view of a fill, sent with reused buffers (the fast path on Node servers). */
+class FillSender implements BodySource {
+  private pos: number;
+  private readonly endExcl: number | undefined;
+  private released = false;
+
+  constructor(
+    private readonly fill: BlobFill,
+    private readonly range: ByteRange | undefined,
+  ) {
+    this.pos = range?.start ?? 0;
+    this.endExcl = range ? range.end + 1 : undefined;
+  }
+
+  async sendTo(out: ServerResponse, onBytes: (n: number) => void): Promise<void> {
+    try {
+      await sendChunks(out, onBytes, async (buf) => {
+        for (;;) {
+          const s = this.fill.span(this.pos, this.endExcl);
+          if (s.kind === 'error') throw s.error;
+          if (s.kind === 'end') return 0;
+          if (s.kind === 'wait') {
+            await this.fill.changed();
+            continue;
+          }
+          const got = await this.fill.readAt(buf, this.pos, Math.min(buf.length, s.limit - this.pos));
+          this.pos += got;
+          return got;
+        }
+      });
+    } finally {
+      await this.release();
+    }
+  }
+
+  toReadable(): Readable {
+    const r = this.fill.createReader(this.range);
+    void this.release();
+    return r;
+  }
+
+  async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    this.fill.releaseReader();
   }
 }

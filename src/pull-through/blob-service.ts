@@ -12,7 +12,7 @@ import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
 import type { MemoryCache } from '../storage/memory-cache.ts';
 import type { RegistryClient, UpstreamResponse } from '../upstream/registry-client.ts';
 import type { DiskHealth } from '../storage/disk-health.ts';
-import type { OpenFile } from '../storage/open-file.ts';
+import type { BodySource } from '../storage/body-source.ts';
 import type { Evictor } from '../storage/evictor.ts';
 import { FillError, type BlobFill } from './blob-fill.ts';
 import type { BlobFills } from './blob-fills.ts';
@@ -32,8 +32,8 @@ export interface BlobResponse {
   headers: Record<string, string>;
   /** Absent for HEAD (and when `file` is set). */
   body?: Readable;
-  /** A committed file on disk: sent by the caller with OpenFile.sendTo, then released. */
-  file?: OpenFile;
+  /** A committed file or an in-flight fill: sent by the caller with sendTo (or toReadable). */
+  file?: BodySource;
   source: 'memory' | 'disk' | 'fill' | 'upstream';
   cache: CacheResult;
 }
@@ -183,11 +183,11 @@ export class BlobService {
     if (size === undefined) {
       // The upstream sent no length: stream the whole blob, chunked.
       const headers: Record<string, string> = { 'Content-Type': OCTET, 'Docker-Content-Digest': req.digest, ETag: `"${req.digest}"` };
-      return { status: 200, headers, body: fill.createReader(), source: 'fill', cache: joined ? 'coalesced' : 'miss' };
+      return { status: 200, headers, file: fill.createSender(), source: 'fill', cache: joined ? 'coalesced' : 'miss' };
     }
     const range = rangeFor(req.range, size);
     const { status, headers } = headersFor(req.digest, size, range);
-    return { status, headers, body: fill.createReader(range), source: 'fill', cache: joined ? 'coalesced' : 'miss' };
+    return { status, headers, file: fill.createSender(range), source: 'fill', cache: joined ? 'coalesced' : 'miss' };
   }
 
   private async openUpstream(req: BlobRequest, signal: AbortSignal): Promise<{ body: Readable; size: number | undefined }> {

@@ -1,0 +1,52 @@
+// A response body that can write itself to a Node ServerResponse without per-chunk garbage:
+// two reused buffers, the next chunk read while the previous one is written. Used by committed
+// files (OpenFile) and by readers of in-flight fills (BlobFill.createSender).
+import type { ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
+
+export interface BodySource {
+  /** Write every byte to `out` and end it; rejects if the client leaves or the source fails. Releases the source. */
+  sendTo(out: ServerResponse, onBytes: (n: number) => void): Promise<void>;
+  /** The same bytes as a stream (for consumers without a ServerResponse). Hands over ownership. */
+  toReadable(): Readable;
+  /** Give the source up without sending it (e.g. a HEAD). */
+  release(): Promise<void>;
+}
+
+export function isBodySource(b: unknown): b is BodySource {
+  return typeof b === 'object' && b !== null && typeof (b as BodySource).sendTo === 'function';
+}
+
+const CHUNK = 1024 * 1024;
+
+/**
+ * The shared send loop. `next(buf)` fills `buf` from its start and returns the byte count,
+ * or 0 at the end of the body; it may wait (e.g. for a fill to write more).
+ */
+export async function sendChunks(out: ServerResponse, onBytes: (n: number) => void, next: (buf: Buffer) => Promise<number>): Promise<void> {
+  const bufs = [Buffer.allocUnsafeSlow(CHUNK), Buffer.allocUnsafeSlow(CHUNK)];
+  const writing: Array<Promise<void> | undefined> = [undefined, undefined];
+  let closed: Error | undefined;
+  const onClose = () => (closed ??= new Error('client closed the connection'));
+  out.once('close', onClose);
+  try {
+    for (let i = 0; ; i ^= 1) {
+      await writing[i]; // this buffer's previous write has reached the socket
+      if (closed) throw closed;
+      const buf = bufs[i]!;
+      const n = await next(buf);
+      if (closed) throw closed;
+      if (n === 0) break;
+      onBytes(n);
+      const chunk = n === buf.length ? buf : buf.subarray(0, n);
+      const w = new Promise<void>((resolve, reject) => out.write(chunk, (err) => (err ? reject(err) : resolve())));
+      w.catch(() => undefined); // awaited on this buffer's next turn, or below
+      writing[i] = w;
+    }
+    await Promise.all(writing);
+    if (closed) throw closed;
+    await new Promise<void>((resolve) => out.end(resolve));
+  } finally {
+    out.off('close', onClose);
+  }
+}
