@@ -165,7 +165,8 @@ describe('budget under concurrent pulls', () => {
           assert.equal(`sha256:${createHash('sha256').update(b).digest('hex')}`, l.digest);
         }
       }
-      assert.ok(peak <= max + 3 * MiB, `peak ${peak} bytes on disk for a ${max}-byte budget`);
+      // Commits are admitted under the budget; manifests (a few hundred bytes each) are the slack.
+      assert.ok(peak <= max + 64 * 1024, `peak ${peak} bytes on disk for a ${max}-byte budget`);
       assert.ok((await proxy.metric('ocirelay_evictions_total')) > 0);
       assert.ok((await proxy.metric('ocirelay_cache_bytes', { tier: 'disk' })) <= max);
       // Everything served was verified: no fill failed.

@@ -13,7 +13,15 @@ import { sendChunks, type BodySource } from '../storage/body-source.ts';
 import type { ByteRange } from '../oci/range.ts';
 import type { RegistryError } from '../errors.ts';
 
-export type FillFailure = 'digest_mismatch' | 'size_mismatch' | 'truncated' | 'upstream_error' | 'disk_error' | 'aborted';
+export type FillFailure = 'digest_mismatch' | 'size_mismatch' | 'truncated' | 'upstream_error' | 'disk_error' | 'no_room' | 'aborted';
+
+/** Thrown by a commit hook when the cache budget has no room: the blob is served, not cached. */
+export class NoRoomError extends Error {
+  constructor() {
+    super('no room under the cache budget');
+    this.name = 'NoRoomError';
+  }
+}
 
 export class FillError extends Error {
   constructor(
@@ -203,6 +211,7 @@ export class BlobFill {
         await fh.sync();
         await this.hooks.commit(this.tempPath, this.written, keep ? Buffer.concat(keep) : undefined);
       } catch (e) {
+        if (e instanceof NoRoomError) throw new FillError('no_room', e.message);
         this.hooks.onDiskError(e);
         throw new FillError('disk_error', `commit failed: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
       }

@@ -14,7 +14,7 @@ import type { RegistryClient, UpstreamResponse } from '../upstream/registry-clie
 import type { DiskHealth } from '../storage/disk-health.ts';
 import type { BodySource } from '../storage/body-source.ts';
 import type { Evictor } from '../storage/evictor.ts';
-import { FillError, type BlobFill } from './blob-fill.ts';
+import { FillError, NoRoomError, type BlobFill } from './blob-fill.ts';
 import type { BlobFills } from './blob-fills.ts';
 import { verifiedStream } from './verified-stream.ts';
 import { errorFromTransport, errorFromUpstream } from './upstream-errors.ts';
@@ -144,7 +144,8 @@ export class BlobService {
         // Room for what every fill in flight, this one included (its size is known by now), has yet to write.
         reserve: () => this.d.health.ensureRoom(fills.inFlightRemaining()),
         commit: async (tmp, sz, small) => {
-          await disk.commitTemp(tmp, req.digest, sz);
+          const admitted = await this.d.evictor.admit(sz, () => disk.commitTemp(tmp, req.digest, sz));
+          if (!admitted) throw new NoRoomError();
           index.link(req.registry, req.repository, req.digest);
           if (small) memory.set(req.digest, small);
           this.d.metrics.cacheBytes.set({ tier: 'disk' }, disk.bytes);

@@ -22,6 +22,7 @@ export type EvictionReason = 'unreferenced' | 'lru';
 export class Evictor {
   private running: Promise<void> | undefined;
   private again = false;
+  private admissions: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly disk: DiskBlobStore,
@@ -60,29 +61,57 @@ export class Evictor {
     return this.running;
   }
 
+  /**
+   * Run `commit` (which adds `size` bytes to the disk) only once there is room for it under the
+   * budget, evicting first if needed. Admissions are serialised, so the committed bytes never
+   * pass maxBytes. Returns false (and does not commit) when nothing more can be evicted.
+   */
+  async admit(size: number, commit: () => Promise<void>): Promise<boolean> {
+    const prev = this.admissions;
+    let done!: () => void;
+    this.admissions = new Promise<void>((r) => (done = r));
+    await prev;
+    try {
+      const max = this.opts.maxBytes;
+      if (this.disk.bytes + size > max * this.opts.highWatermark) {
+        await this.running;
+        await this.evict(Math.max(0, max * this.opts.lowWatermark - size), false);
+      }
+      if (this.disk.bytes + size > max) {
+        this.logger.warn({ size, diskBytes: this.disk.bytes, budget: max }, 'no room under the budget (pinned or in use): not caching this blob');
+        return false;
+      }
+      await commit();
+      return true;
+    } finally {
+      done();
+    }
+  }
+
   private evictable(digest: string): boolean {
     return !this.index.isPinned(digest) && !this.disk.isOpen(digest);
   }
 
-  /** Evict until usage is at most `target` bytes. Returns bytes freed. */
-  async evict(target: number): Promise<number> {
+  /** Evict until usage (committed bytes, plus fills in flight unless told not to) is at most `target`. Returns bytes freed. */
+  async evict(target: number, countInFlight = true): Promise<number> {
+    const usage = () => (countInFlight ? this.usage() : this.disk.bytes);
     let freed = 0;
     const passes: Array<[EvictionReason, (d: string) => boolean]> = [
       ['unreferenced', (d) => !this.index.isReferenced(d)],
       ['lru', () => true],
     ];
     for (const [reason, wanted] of passes) {
-      if (this.usage() <= target) break;
+      if (usage() <= target) break;
       // Snapshot the order: deleting while iterating the live map would skip entries.
       for (const digest of [...this.disk.lruOrder()]) {
-        if (this.usage() <= target) break;
+        if (usage() <= target) break;
         if (!this.disk.has(digest) || !this.evictable(digest) || !wanted(digest)) continue;
         freed += await this.remove(digest, reason);
       }
     }
     if (freed > 0) {
       this.logger.info({ freedBytes: freed, diskBytes: this.disk.bytes, budget: this.opts.maxBytes }, 'evicted from disk cache');
-    } else if (this.usage() > target) {
+    } else if (usage() > target) {
       this.logger.warn({ diskBytes: this.disk.bytes, budget: this.opts.maxBytes }, 'over budget but nothing evictable (pinned or in use)');
     }
     return freed;
