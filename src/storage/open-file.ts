@@ -1,5 +1,5 @@
 // A committed blob file opened for one response: the disk tier's fast path (see body-source.ts:
-// a warm blob costs no garbage and at most 2 MiB per client, whatever its size).
+// a warm blob costs no garbage and at most 512 KiB per client, whatever its size).
 import type { FileHandle } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
 import type { ServerResponse } from 'node:http';
