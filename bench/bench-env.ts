@@ -4,6 +4,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { makeTempDir, removeTempDir } from '../test/fixtures/processes.ts';
 import { startRegistry, type RegistryFixture } from '../test/fixtures/registry.ts';
+import { skopeoCopy } from '../test/fixtures/skopeo.ts';
 import { startDistributionProxy, type DistributionProxy } from './distribution-proxy.ts';
 import { concurrentGets, curlGet } from './load-clients.ts';
 import { startNginx, type NginxServer } from './nginx-server.ts';
@@ -93,6 +94,19 @@ export class BenchEnv {
       await rm(dir, { recursive: true, force: true });
     });
     return { ...r, stop };
+  }
+
+  /**
+   * Pull `bench/warmup` through a freshly started proxy, so that what is measured next is a
+   * cold cache in a process that has served before (JIT-compiled, connections open).
+   */
+  async warmUpProcess(host: string): Promise<void> {
+    const dest = path.join(this.workDir, `warmup-${++this.counter}`);
+    try {
+      await skopeoCopy(`docker://${host}/${this.seeded.warmup.repo}:${this.seeded.warmup.tag}`, `oci:${dest}:${this.seeded.warmup.tag}`, { srcTlsVerify: false, timeoutMs: 120_000 });
+    } finally {
+      await rm(dest, { recursive: true, force: true });
+    }
   }
 
   /** An ocirelay on a given data dir, logging at info so that the ready line is seen. */

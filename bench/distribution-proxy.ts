@@ -12,6 +12,8 @@ export interface DistributionProxy {
   host: string;
   pid: number;
   process: ManagedProcess;
+  /** Where a committed blob's bytes are in this proxy's storage. */
+  blobFile(digest: string): string;
   stop(): Promise<void>;
 }
 
@@ -60,6 +62,10 @@ export async function startDistributionProxy(remoteUrl: string): Promise<Distrib
         host: `127.0.0.1:${port}`,
         pid: p.pid,
         process: p,
+        blobFile: (digest) => {
+          const hex = digest.replace(/^sha256:/, '');
+          return path.join(dir, 'storage', 'docker', 'registry', 'v2', 'blobs', 'sha256', hex.slice(0, 2), hex, 'data');
+        },
         stop: async () => {
           try {
             await p.stop();

@@ -43,6 +43,8 @@ export interface SeededImage {
 
 export interface SeededSet {
   layers: Partial<Record<SizeName, SeededImage>>;
+  /** `bench/warmup`: a 1 MiB image pulled through a fresh proxy before it is measured. */
+  warmup: SeededImage;
   multi?: SeededImage;
   /** Seconds spent building and pushing. */
   seedSeconds: number;
@@ -131,13 +133,19 @@ export async function seedUpstream(reg: RegistryFixture, sizes: readonly SizeNam
       await removeTempDir(layout);
       layers[size] = await describe(reg, repo);
     }
+    // Pulled through every fresh proxy before its measurement: a cold cache, not a cold
+    // process (JIT, connection pools), as in a long-running mirror meeting a new image.
+    const warmupLayout = await buildLayerImage(dir, '1m');
+    await push(warmupLayout, 'bench/warmup', false);
+    await removeTempDir(warmupLayout);
+    const warmup = await describe(reg, 'bench/warmup');
     let multi: SeededImage | undefined;
     if (index) {
       const layout = await buildIndex(dir, index);
       await push(layout, 'bench/multi', true);
       multi = await describe(reg, 'bench/multi');
     }
-    return { layers, ...(multi ? { multi } : {}), seedSeconds: (performance.now() - t0) / 1000 };
+    return { layers, warmup, ...(multi ? { multi } : {}), seedSeconds: (performance.now() - t0) / 1000 };
   } finally {
     await removeTempDir(dir);
   }

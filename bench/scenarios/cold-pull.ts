@@ -5,9 +5,10 @@ import path from 'node:path';
 import { skopeoCopy } from '../../test/fixtures/skopeo.ts';
 import type { BenchEnv, Endpoint } from '../bench-env.ts';
 import { repsFor, type SizeName } from '../options.ts';
+import { warmPageCache } from '../page-cache.ts';
 import { cpuSeconds } from '../proc-stats.ts';
+import { upstreamBlobFile, type SeededImage } from '../seed.ts';
 import { ScenarioRecorder, type Contender, type ScenarioResult } from '../results-model.ts';
-import type { SeededImage } from '../seed.ts';
 
 const CONTENDERS: Contender[] = ['ocirelay', 'distribution-proxy', 'upstream'];
 
@@ -46,7 +47,10 @@ export async function coldPull(env: BenchEnv): Promise<ScenarioResult> {
         }
         const dest = path.join(env.workDir, `pull-${++n}`);
         try {
+          if (contender !== 'upstream') await env.warmUpProcess(endpoint.host);
           await rec.measure({ case: c.name, contender, rep }, async () => {
+            // The upstream's copies in page cache: the upstream is not what is measured.
+            await warmPageCache(c.image.blobs.map((b) => upstreamBlobFile(env.upstream, b.digest)));
             await env.meter.waitQuiet(300);
             const mark = await env.meter.mark();
             const cpu0 = contender === 'upstream' ? undefined : await cpuSeconds(endpoint.pid);

@@ -4,7 +4,9 @@
 import type { BenchEnv, Endpoint } from '../bench-env.ts';
 import { concurrentGets } from '../load-clients.ts';
 import { repsFor } from '../options.ts';
+import { warmPageCache } from '../page-cache.ts';
 import { cpuSeconds, peakRss } from '../proc-stats.ts';
+import { upstreamBlobFile } from '../seed.ts';
 import { ScenarioRecorder, type Contender, type ScenarioResult } from '../results-model.ts';
 import { quantile } from '../stats.ts';
 
@@ -47,7 +49,10 @@ export async function herd(env: BenchEnv): Promise<ScenarioResult> {
           stop = p.stop;
         }
         try {
+          await env.warmUpProcess(ep.host);
           await rec.measure({ case: name, contender, rep }, async () => {
+            // The upstream's copy in page cache: the upstream is not what is measured.
+            await warmPageCache([upstreamBlobFile(env.upstream, blob.digest)]);
             await env.meter.waitQuiet(300);
             const mark = await env.meter.mark();
             const cpu0 = await cpuSeconds(ep.pid);

@@ -2,10 +2,13 @@
 // already holds (ocirelay and the Distribution proxy primed; nginx sendfile as the ceiling).
 // Each client downloads the blob several times on one connection so that every sample moves
 // at least ~1 GiB per client and process start-up is noise. Also peak RSS (e) and CPU.
+import path from 'node:path';
 import type { BenchEnv } from '../bench-env.ts';
 import { concurrentGets } from '../load-clients.ts';
 import { SIZE_BYTES, repsFor, type SizeName } from '../options.ts';
+import { warmPageCache } from '../page-cache.ts';
 import { cpuSeconds, peakRss, resetPeakRss } from '../proc-stats.ts';
+import { upstreamBlobFile } from '../seed.ts';
 import { ScenarioRecorder, type Contender, type ScenarioResult } from '../results-model.ts';
 
 const CONTENDERS: Contender[] = ['ocirelay', 'distribution-proxy', 'nginx'];
@@ -40,12 +43,16 @@ export async function warmThroughput(env: BenchEnv): Promise<ScenarioResult> {
       const name = `${size} x${clients}`;
       for (let rep = 1; rep <= repsFor(o, size); rep++) {
         for (const contender of CONTENDERS) {
+          const hex = img.layer.digest.replace(/^sha256:/, '');
           const target = () => {
-            if (contender === 'ocirelay') return { url: `${warm.ocirelay.url}/v2/${img.repo}/blobs/${img.layer.digest}`, pid: warm.ocirelay.pid };
-            if (contender === 'distribution-proxy') return { url: `${warm.proxy.url}/v2/${img.repo}/blobs/${img.layer.digest}`, pid: warm.proxy.pid };
-            return { url: warm.nginxUrls[size] as string, pid: undefined };
+            if (contender === 'ocirelay')
+              return { url: `${warm.ocirelay.url}/v2/${img.repo}/blobs/${img.layer.digest}`, pid: warm.ocirelay.pid, file: path.join(warm.ocirelay.dataDir, 'blobs', 'sha256', hex.slice(0, 2), hex) };
+            if (contender === 'distribution-proxy')
+              return { url: `${warm.proxy.url}/v2/${img.repo}/blobs/${img.layer.digest}`, pid: warm.proxy.pid, file: warm.proxy.blobFile(img.layer.digest) };
+            return { url: warm.nginxUrls[size] as string, pid: undefined, file: upstreamBlobFile(env.upstream, img.layer.digest) };
           };
-          const { url, pid } = target();
+          const { url, pid, file } = target();
+          await warmPageCache([file]);
           const ok = await rec.measure({ case: name, contender, rep }, async () => {
             if (pid !== undefined) await resetPeakRss(pid);
             const cpu0 = pid !== undefined ? await cpuSeconds(pid) : undefined;
