@@ -57,6 +57,7 @@ export interface FillHooks {
 type State = 'starting' | 'running' | 'committed' | 'failed';
 
 const WRITE_BATCH = 1024 * 1024;
+const WRITES_IN_FLIGHT = 4;
 
 export class BlobFill {
   readonly digest: string;
@@ -179,35 +180,66 @@ export class BlobFill {
       try {
         // Chunks are hashed as they arrive and written in batches: up to 1 MiB, or whatever
         // has arrived when the upstream has nothing more buffered (so a slow upstream's bytes
-        // still reach readers at once). One write per 64 KiB chunk was the bottleneck of fills.
+        // still reach readers at once). Up to WRITES_IN_FLIGHT batches are written at once
+        // (positional writes to disjoint ranges); `written` only advances over a contiguous
+        // prefix of completed writes, so readers never see a hole.
         let batch: Buffer[] = [];
         let batchBytes = 0;
         let received = 0;
-        const flush = async () => {
-          let pending = batch;
-          let left = batchBytes;
-          batch = [];
-          batchBytes = 0;
+        let queued = 0; // bytes handed to writes so far
+        const inFlight: Array<{ end: number; done: boolean; p: Promise<void> }> = [];
+        const writeAll = async (bufs: Buffer[], pos: number, len: number) => {
+          let pending = bufs;
+          let at = pos;
+          let left = len;
           while (left > 0) {
-            const { bytesWritten } = await fh.writev(pending, this.written);
-            this.written += bytesWritten;
+            const { bytesWritten } = await fh.writev(pending, at);
+            at += bytesWritten;
             left -= bytesWritten;
             if (left > 0) pending = [Buffer.concat(pending).subarray(bytesWritten)];
           }
-          this.notify();
         };
-        for await (const chunk of src.body as AsyncIterable<Buffer>) {
-          received += chunk.length;
-          if (src.size !== undefined && received > src.size) {
-            throw new FillError('size_mismatch', `upstream sent more than its Content-Length ${src.size}`);
+        const advance = () => {
+          let moved = false;
+          while (inFlight.length > 0 && inFlight[0]!.done) {
+            this.written = inFlight.shift()!.end;
+            moved = true;
           }
-          hash.update(chunk);
-          keep?.push(chunk);
-          batch.push(chunk);
-          batchBytes += chunk.length;
-          if (batchBytes >= WRITE_BATCH || src.body.readableLength === 0) await flush();
+          if (moved) this.notify();
+        };
+        const flush = async () => {
+          const w = { end: queued + batchBytes, done: false, p: Promise.resolve() };
+          w.p = writeAll(batch, queued, batchBytes).then(() => {
+            w.done = true;
+            advance();
+          });
+          // Observed below (await / allSettled); this keeps a failure from counting as unhandled.
+          w.p.catch(() => undefined);
+          queued += batchBytes;
+          batch = [];
+          batchBytes = 0;
+          inFlight.push(w);
+          if (inFlight.length >= WRITES_IN_FLIGHT) await inFlight[0]!.p;
+        };
+        try {
+          for await (const chunk of src.body as AsyncIterable<Buffer>) {
+            received += chunk.length;
+            if (src.size !== undefined && received > src.size) {
+              throw new FillError('size_mismatch', `upstream sent more than its Content-Length ${src.size}`);
+            }
+            hash.update(chunk);
+            keep?.push(chunk);
+            batch.push(chunk);
+            batchBytes += chunk.length;
+            if (batchBytes >= WRITE_BATCH || src.body.readableLength === 0) await flush();
+          }
+          if (batchBytes > 0) await flush();
+        } finally {
+          // Every write settles before the fill decides anything (a failed one rejects here).
+          const results = await Promise.allSettled(inFlight.map((w) => w.p));
+          const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+          if (failed) throw failed.reason;
         }
-        if (batchBytes > 0) await flush();
       } catch (e) {
         if (e instanceof FillError) throw e;
         if (this.abort.signal.aborted) throw new FillError('aborted', 'fill cancelled');
