@@ -5,6 +5,7 @@
 
 // The server's own type (a type-only import: no server code is loaded by the CLI).
 import type { CachedImage } from '../admin/cache-admin.ts';
+import type { HistoryRecord } from '../storage/cache-index.ts';
 export type { CachedImage };
 
 export interface Stats {
@@ -63,15 +64,8 @@ export interface PurgeAnswer {
   freedBytes: number;
 }
 
-export interface HistoryEntry {
-  time: string;
-  registry: string;
-  repository: string;
-  tag: string;
-  oldDigest: string | null;
-  newDigest: string;
-  source: 'upstream' | 'freeze' | 'unfreeze';
-}
+/** The server's history record, with the time as ISO text (as the API sends it). */
+export type HistoryEntry = Omit<HistoryRecord, 'time'> & { time: string };
 
 export interface OciError {
   code: string;
