@@ -1,6 +1,7 @@
 // The admin commands as users run them: `node bin/ocirelay.js <command>` as a child process,
 // against a real ocirelay (with its admin listener) in front of a real Distribution registry.
 // Every run is checked for the admin token: it must never appear in any output.
+import type { Stats } from '../src/admin-cli/admin-client.ts';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import http from 'node:http';
@@ -484,17 +485,7 @@ test('stats shows hit ratio, bytes from cache and upstream, egress saved, disk v
   // The test upstream sends no RateLimit headers.
   assert.equal(rows.get('rate limit'), 'none reported by the upstreams');
 
-  const s = json<{
-    requests: { hit: number; miss: number; coalesced: number; stale: number };
-    hitRatio: number;
-    bytesServed: { cache: number; upstream: number };
-    upstreamBytes: number;
-    egressSavedBytes: number;
-    disk: { bytes: number; maxBytes: number; entries: number; pinnedBytes: number; writable: boolean };
-    memory: { bytes: number; maxBytes: number; entries: number };
-    evictions: { unreferenced: number; lru: number };
-    rateLimits: Record<string, unknown>;
-  }>(await expectExit(0, ['stats', '--json']));
+  const s = json<Stats>(await expectExit(0, ['stats', '--json']));
   const q = s.requests;
   assert.ok(q.hit >= 2, `hits counted: ${JSON.stringify(q)}`);
   const total = q.hit + q.miss + q.coalesced + q.stale;
