@@ -56,6 +56,8 @@ export const USAGE = `usage: npm run bench -- [options]
   --reps N           repetitions per contender and case (default 5)
   --reps-large N     repetitions for 1g cases (default: --reps)
   --herd-size S      blob size for the herd (default 256m)
+  --herd-clients a,b concurrent clients in the herd (default 16,32)
+  --warm-clients a,b concurrent clients in warm throughput (default 1,8)
   --load-seconds N   seconds of load per manifest measurement (default 5)
   --startup-blobs N  cached blobs for the start-up scenario (default 100000)
   --quick            a check in under two minutes: 1 rep, 4m+256m, herd of 16, 2 s loads, 20k blobs
@@ -91,6 +93,8 @@ export function parseBenchArgs(argv: string[], defaultOutDir: string): BenchOpti
       reps: { type: 'string' },
       'reps-large': { type: 'string' },
       'herd-size': { type: 'string' },
+      'herd-clients': { type: 'string' },
+      'warm-clients': { type: 'string' },
       'load-seconds': { type: 'string' },
       'startup-blobs': { type: 'string' },
       quick: { type: 'boolean' },
@@ -125,6 +129,8 @@ export function parseBenchArgs(argv: string[], defaultOutDir: string): BenchOpti
     repsLarge: positiveInt('reps-large', values['reps-large']) ?? (values.reps !== undefined ? reps : preset.repsLarge),
     sizes: (list(values.sizes) ?? preset.sizes).map(sizeName),
     herdSize: values['herd-size'] !== undefined ? sizeName(values['herd-size']) : preset.herdSize,
+    herdClients: list(values['herd-clients'])?.map((v) => positiveInt('herd-clients', v) as number) ?? preset.herdClients,
+    warmClients: list(values['warm-clients'])?.map((v) => positiveInt('warm-clients', v) as number) ?? preset.warmClients,
     loadSeconds: positiveInt('load-seconds', values['load-seconds']) ?? preset.loadSeconds,
     startupBlobs: positiveInt('startup-blobs', values['startup-blobs']) ?? preset.startupBlobs,
     outDir,

@@ -178,15 +178,17 @@ export class BlobFill {
     this.abort.signal.addEventListener('abort', onAbort, { once: true });
     try {
       try {
-        // Chunks are hashed as they arrive and written in batches: up to 1 MiB, or whatever
-        // has arrived when the upstream has nothing more buffered (so a slow upstream's bytes
-        // still reach readers at once). Up to WRITES_IN_FLIGHT batches are written at once
-        // (positional writes to disjoint ranges); `written` only advances over a contiguous
-        // prefix of completed writes, so readers never see a hole.
+        // Chunks are hashed as they arrive and written in batches: a batch is written when it
+        // reaches 1 MiB, or at the end of the event-loop turn in which its chunks arrived (a
+        // setImmediate), so a slow upstream's bytes still reach readers at once while a fast one
+        // (many chunks per turn) gets big writes. Up to WRITES_IN_FLIGHT batches are written at
+        // once (positional writes to disjoint ranges); `written` only advances over a
+        // contiguous prefix of completed writes, so readers never see a hole.
         let batch: Buffer[] = [];
         let batchBytes = 0;
         let received = 0;
         let queued = 0; // bytes handed to writes so far
+        let turnFlush: NodeJS.Immediate | undefined;
         const inFlight: Array<{ end: number; done: boolean; p: Promise<void> }> = [];
         const writeAll = async (bufs: Buffer[], pos: number, len: number) => {
           let pending = bufs;
@@ -207,7 +209,7 @@ export class BlobFill {
           }
           if (moved) this.notify();
         };
-        const flush = async () => {
+        const startWrite = () => {
           const w = { end: queued + batchBytes, done: false, p: Promise.resolve() };
           w.p = writeAll(batch, queued, batchBytes).then(() => {
             w.done = true;
@@ -219,19 +221,32 @@ export class BlobFill {
           batch = [];
           batchBytes = 0;
           inFlight.push(w);
-          if (inFlight.length >= WRITES_IN_FLIGHT) await inFlight[0]!.p;
+        };
+        const flush = async () => {
+          while (inFlight.length >= WRITES_IN_FLIGHT) await inFlight[0]!.p;
+          if (batchBytes > 0) startWrite();
+        };
+        const onTurnEnd = () => {
+          turnFlush = undefined;
+          if (batchBytes > 0 && inFlight.length < WRITES_IN_FLIGHT) startWrite();
         };
         try {
-          for await (const chunk of src.body as AsyncIterable<Buffer>) {
-            received += chunk.length;
-            if (src.size !== undefined && received > src.size) {
-              throw new FillError('size_mismatch', `upstream sent more than its Content-Length ${src.size}`);
+          try {
+            for await (const chunk of src.body as AsyncIterable<Buffer>) {
+              received += chunk.length;
+              if (src.size !== undefined && received > src.size) {
+                throw new FillError('size_mismatch', `upstream sent more than its Content-Length ${src.size}`);
+              }
+              hash.update(chunk);
+              keep?.push(chunk);
+              batch.push(chunk);
+              batchBytes += chunk.length;
+              if (batchBytes >= WRITE_BATCH) await flush();
+              else turnFlush ??= setImmediate(onTurnEnd);
             }
-            hash.update(chunk);
-            keep?.push(chunk);
-            batch.push(chunk);
-            batchBytes += chunk.length;
-            if (batchBytes >= WRITE_BATCH || src.body.readableLength === 0) await flush();
+          } finally {
+            if (turnFlush) clearImmediate(turnFlush);
+            turnFlush = undefined;
           }
           if (batchBytes > 0) await flush();
         } finally {
