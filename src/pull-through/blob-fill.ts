@@ -58,6 +58,17 @@ type State = 'starting' | 'running' | 'committed' | 'failed';
 
 const WRITE_BATCH = 1024 * 1024;
 const WRITES_IN_FLIGHT = 4;
+/**
+ * Written batches kept in memory behind the write front, so that readers close behind the
+ * fill (the usual case: the first client, and a herd) send them straight from memory, with
+ * no read back from the file. Readers further behind read the file.
+ */
+const MEMORY_WINDOW = 8 * 1024 * 1024;
+
+interface Block {
+  start: number;
+  buf: Buffer;
+}
 
 export class BlobFill {
   readonly digest: string;
@@ -81,6 +92,9 @@ export class BlobFill {
 
   private fh: FileHandle | undefined;
   private readers = 0;
+  /** Batches handed to writes, oldest first: [blocks[0].start, queued) is in memory. */
+  private blocks: Block[] = [];
+  private blockBytes = 0;
   private tick!: Promise<void>;
   private wake!: () => void;
   private readonly abort = new AbortController();
@@ -163,6 +177,7 @@ export class BlobFill {
       // transfer aborted, no trace of the bad bytes is left.
       await fs.rm(this.tempPath, { force: true }).catch(() => undefined);
       this.state = 'failed';
+      this.dropWindow();
     }
     this.notify();
     this.maybeClose();
@@ -190,15 +205,11 @@ export class BlobFill {
         let queued = 0; // bytes handed to writes so far
         let turnFlush: NodeJS.Immediate | undefined;
         const inFlight: Array<{ end: number; done: boolean; p: Promise<void> }> = [];
-        const writeAll = async (bufs: Buffer[], pos: number, len: number) => {
-          let pending = bufs;
-          let at = pos;
-          let left = len;
-          while (left > 0) {
-            const { bytesWritten } = await fh.writev(pending, at);
-            at += bytesWritten;
-            left -= bytesWritten;
-            if (left > 0) pending = [Buffer.concat(pending).subarray(bytesWritten)];
+        const writeAll = async (buf: Buffer, pos: number) => {
+          let done = 0;
+          while (done < buf.length) {
+            const { bytesWritten } = await fh.write(buf, done, buf.length - done, pos + done);
+            done += bytesWritten;
           }
         };
         const advance = () => {
@@ -207,11 +218,18 @@ export class BlobFill {
             this.written = inFlight.shift()!.end;
             moved = true;
           }
-          if (moved) this.notify();
+          if (moved) {
+            this.trimWindow();
+            this.notify();
+          }
         };
         const startWrite = () => {
           const w = { end: queued + batchBytes, done: false, p: Promise.resolve() };
-          w.p = writeAll(batch, queued, batchBytes).then(() => {
+          // One buffer per batch: one write, and one block readers can send as is.
+          const block = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batchBytes);
+          this.blocks.push({ start: queued, buf: block });
+          this.blockBytes += block.length;
+          w.p = writeAll(block, queued).then(() => {
             w.done = true;
             advance();
           });
@@ -328,7 +346,41 @@ export class BlobFill {
     this.maybeClose();
   }
 
+  /** Drop blocks that are on disk and more than MEMORY_WINDOW behind the write front. */
+  private trimWindow(): void {
+    while (this.blocks.length > 1) {
+      const b = this.blocks[0]!;
+      if (this.blockBytes - b.buf.length < MEMORY_WINDOW || b.start + b.buf.length > this.written) break;
+      this.blocks.shift();
+      this.blockBytes -= b.buf.length;
+    }
+  }
+
+  private dropWindow(): void {
+    this.blocks = [];
+    this.blockBytes = 0;
+  }
+
+  /**
+   * The bytes from `pos` up to at most `limit` (exclusive) if they are still in memory: a view
+   * of one block, never modified. Undefined when the reader is behind the window.
+   */
+  memoryAt(pos: number, limit: number): Buffer | undefined {
+    const blocks = this.blocks;
+    if (blocks.length === 0 || pos < blocks[0]!.start) return undefined;
+    for (let i = blocks.length - 1; i >= 0; i--) {
+      const b = blocks[i]!;
+      if (pos >= b.start) {
+        const off = pos - b.start;
+        if (off >= b.buf.length) return undefined;
+        return b.buf.subarray(off, Math.min(b.buf.length, limit - b.start));
+      }
+    }
+    return undefined;
+  }
+
   private maybeClose(): void {
+    if (this.finished && this.readers === 0) this.dropWindow();
     if (this.finished && this.readers === 0 && this.fh) {
       const fh = this.fh;
       this.fh = undefined;
@@ -374,6 +426,12 @@ class FillReader extends Readable {
         }
         if (s.kind === 'wait') {
           await this.fill.changed();
+          continue;
+        }
+        const mem = this.fill.memoryAt(this.pos, s.limit);
+        if (mem) {
+          this.pos += mem.length;
+          if (!this.push(mem)) return;
           continue;
         }
         const n = Math.min(READ_CHUNK, s.limit - this.pos);
@@ -423,6 +481,11 @@ class FillSender implements BodySource {
           if (s.kind === 'wait') {
             await this.fill.changed();
             continue;
+          }
+          const mem = this.fill.memoryAt(this.pos, s.limit);
+          if (mem) {
+            this.pos += mem.length;
+            return mem;
           }
           const got = await this.fill.readAt(buf, this.pos, Math.min(buf.length, s.limit - this.pos));
           this.pos += got;

@@ -22,9 +22,11 @@ const CHUNK = 256 * 1024;
 
 /**
  * The shared send loop. `next(buf)` fills `buf` from its start and returns the byte count,
- * or 0 at the end of the body; it may wait (e.g. for a fill to write more).
+ * or 0 at the end of the body; it may wait (e.g. for a fill to write more). It may instead
+ * return a Buffer of its own to send as is (an in-memory block of a fill: no copy, no read);
+ * such a buffer must never be modified afterwards.
  */
-export async function sendChunks(out: ServerResponse, onBytes: (n: number) => void, next: (buf: Buffer) => Promise<number>): Promise<void> {
+export async function sendChunks(out: ServerResponse, onBytes: (n: number) => void, next: (buf: Buffer) => Promise<number | Buffer>): Promise<void> {
   const bufs = [Buffer.allocUnsafeSlow(CHUNK), Buffer.allocUnsafeSlow(CHUNK)];
   const writing: Array<Promise<void> | undefined> = [undefined, undefined];
   let closed: Error | undefined;
@@ -35,11 +37,12 @@ export async function sendChunks(out: ServerResponse, onBytes: (n: number) => vo
       await writing[i]; // this buffer's previous write has reached the socket
       if (closed) throw closed;
       const buf = bufs[i]!;
-      const n = await next(buf);
+      const got = await next(buf);
       if (closed) throw closed;
+      const n = typeof got === 'number' ? got : got.length;
       if (n === 0) break;
       onBytes(n);
-      const chunk = n === buf.length ? buf : buf.subarray(0, n);
+      const chunk = typeof got !== 'number' ? got : n === buf.length ? buf : buf.subarray(0, n);
       const w = new Promise<void>((resolve, reject) => out.write(chunk, (err) => (err ? reject(err) : resolve())));
       w.catch(() => undefined); // awaited on this buffer's next turn, or below
       writing[i] = w;
