@@ -11,6 +11,8 @@ import { freePort } from '../test/fixtures/ports.ts';
 
 /** This checkout's ocirelay; another checkout can be measured with --ocirelay-root. */
 export const DEFAULT_BIN = fileURLToPath(new URL('../bin/ocirelay.js', import.meta.url));
+/** The node flags ocirelay runs with in production (package.json's start, deploy/Dockerfile). */
+export const PRODUCTION_NODE_ARGS = ['--max-semi-space-size=4'] as const;
 /** Only the tail of the output is kept: enough for an error message, bounded in memory. */
 const KEEP_OUTPUT = 64 * 1024;
 
@@ -88,7 +90,7 @@ export class OcirelayLauncher {
     await writeFile(cfgFile, stringify(config));
 
     const t0 = performance.now();
-    const child: ChildProcess = spawn(process.execPath, [...(o.nodeArgs ?? []), this.bin, 'serve', '--config', cfgFile], {
+    const child: ChildProcess = spawn(process.execPath, [...PRODUCTION_NODE_ARGS, ...(o.nodeArgs ?? []), this.bin, 'serve', '--config', cfgFile], {
       cwd: o.dir,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, OCIRELAY_CONFIG: '', OCIRELAY_LISTEN: '', OCIRELAY_DATA_DIR: '' },
