@@ -76,6 +76,17 @@ export class Metrics {
     help: 'Blob downloads from upstream in progress',
     registers: [this.registry],
   });
+  /** Set by the owner of the fills (BlobFills): bytes they keep in memory for their readers. */
+  fillMemory: () => number = () => 0;
+  readonly fillMemoryBytes = ((metrics: Metrics) =>
+    new Gauge({
+      name: 'ocirelay_fill_memory_bytes',
+      help: 'Written blob batches in-flight fills keep in memory for the clients close behind them (bounded at 32 MiB over all fills)',
+      registers: [this.registry],
+      collect() {
+        this.set(metrics.fillMemory());
+      },
+    }))(this);
   readonly fillResults = new Counter({
     name: 'ocirelay_fills_total',
     help: 'Finished blob fills by result (committed, digest_mismatch, size_mismatch, truncated, upstream_error, disk_error)',

@@ -52,7 +52,20 @@ describe('one upstream download per digest', () => {
     const layer = images.big.layers[0]!;
     assert.ok(layer.size >= 256 * MiB);
     const url = blobUrl('library/big', layer.digest);
-    const results = await Promise.all(Array.from({ length: 16 }, () => download(url)));
+    // The memory fills keep for their readers, sampled while the herd runs: one fill's window
+    // (8 MiB written + at most 4 batches of ~1 MiB being written + the front block).
+    let sampling = true;
+    let maxFillMemory = 0;
+    const sampler = (async () => {
+      for (let i = 0; i < 2000 && sampling; i++) {
+        maxFillMemory = Math.max(maxFillMemory, await proxy.metric('ocirelay_fill_memory_bytes'));
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    const results = await Promise.all(Array.from({ length: 16 }, () => download(url))).finally(() => (sampling = false));
+    await sampler;
+    assert.ok(maxFillMemory <= 14 * MiB, `fill memory peaked at ${maxFillMemory} bytes`);
+    await eventually(async () => (await proxy.metric('ocirelay_fill_memory_bytes')) === 0, 'fill memory released once the fill and its readers are done');
     for (const r of results) {
       assert.equal(r.status, 200);
       assert.equal(r.aborted, false);
@@ -111,11 +124,16 @@ describe('one upstream download per digest', () => {
     // The fill finished while the slow client was still stalled.
     await eventually(() => existsSync(blobFile(digest)), 'committed while a client was stalled');
     await eventually(async () => (await proxy.metric('ocirelay_fills_in_flight')) === 0, 'no fill in flight');
+    // The slow reader is still attached, so the fill's last window is kept for it...
+    assert.ok((await proxy.metric('ocirelay_fill_memory_bytes')) > 0, 'the window is kept while a reader remains');
     release();
     const s = await slow;
     assert.equal(s.aborted, false);
     assert.equal(s.size, size);
     assert.equal(s.sha256, digest);
+    // ...and released when it is gone. It read the first part of the blob from the file (it
+    // stalled far behind the window) and the end from memory: both arrived intact.
+    await eventually(async () => (await proxy.metric('ocirelay_fill_memory_bytes')) === 0, 'fill memory released');
     assert.equal(tamper.count({ method: 'GET', pathIncludes: digest }), 1);
   });
 

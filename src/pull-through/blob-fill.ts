@@ -52,6 +52,8 @@ export interface FillHooks {
   reserve(size: number): Promise<void>;
   /** Keep an in-memory copy of blobs up to this size (for the memory tier). */
   smallCopyMax: number;
+  /** Shared bound on the written batches fills keep in memory; without it, MEMORY_WINDOW per fill. */
+  windowBudget?: WindowBudget;
 }
 
 type State = 'starting' | 'running' | 'committed' | 'failed';
@@ -61,9 +63,19 @@ const WRITES_IN_FLIGHT = 4;
 /**
  * Written batches kept in memory behind the write front, so that readers close behind the
  * fill (the usual case: the first client, and a herd) send them straight from memory, with
- * no read back from the file. Readers further behind read the file.
+ * no read back from the file. Readers further behind read the file. Per fill, and bounded over
+ * all fills by a WindowBudget.
  */
 const MEMORY_WINDOW = 8 * 1024 * 1024;
+
+/** Bytes all fills together may keep behind their write fronts (shared by the fills of a process). */
+export class WindowBudget {
+  used = 0;
+  constructor(readonly limit: number) {}
+  get over(): boolean {
+    return this.used > this.limit;
+  }
+}
 
 interface Block {
   start: number;
@@ -229,6 +241,7 @@ export class BlobFill {
           const block = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batchBytes);
           this.blocks.push({ start: queued, buf: block });
           this.blockBytes += block.length;
+          if (this.hooks.windowBudget) this.hooks.windowBudget.used += block.length;
           w.p = writeAll(block, queued).then(() => {
             w.done = true;
             advance();
@@ -346,17 +359,25 @@ export class BlobFill {
     this.maybeClose();
   }
 
-  /** Drop blocks that are on disk and more than MEMORY_WINDOW behind the write front. */
+  /**
+   * Drop blocks that are on disk and more than MEMORY_WINDOW behind the write front, or, while
+   * all fills together keep more than their budget, every block that is on disk.
+   */
   private trimWindow(): void {
-    while (this.blocks.length > 1) {
+    const budget = this.hooks.windowBudget;
+    while (this.blocks.length > 0) {
       const b = this.blocks[0]!;
-      if (this.blockBytes - b.buf.length < MEMORY_WINDOW || b.start + b.buf.length > this.written) break;
+      if (b.start + b.buf.length > this.written) break; // still being written
+      const overBudget = budget?.over ?? false;
+      if (!overBudget && (this.blocks.length === 1 || this.blockBytes - b.buf.length < MEMORY_WINDOW)) break;
       this.blocks.shift();
       this.blockBytes -= b.buf.length;
+      if (budget) budget.used -= b.buf.length;
     }
   }
 
   private dropWindow(): void {
+    if (this.hooks.windowBudget) this.hooks.windowBudget.used -= this.blockBytes;
     this.blocks = [];
     this.blockBytes = 0;
   }

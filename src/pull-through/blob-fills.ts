@@ -1,18 +1,27 @@
 // The single owner of in-flight blob downloads: at most one fill per digest at any time.
 import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
-import { BlobFill, type FillFailure, type FillHooks } from './blob-fill.ts';
+import { BlobFill, WindowBudget, type FillFailure, type FillHooks } from './blob-fill.ts';
 
-export type StartFill = Omit<FillHooks, 'onFinished'>;
+export type StartFill = Omit<FillHooks, 'onFinished' | 'windowBudget'>;
+
+/**
+ * Memory all fills together keep for readers close behind them (see BlobFill's window): a herd
+ * on one blob uses one fill's 8 MiB; many parallel fills share this instead of 8 MiB each.
+ */
+const FILL_WINDOWS_BYTES = 32 * 1024 * 1024;
 
 export class BlobFills {
   private readonly inFlight = new Map<string, BlobFill>();
   private readonly idle = new Set<() => void>();
+  private readonly windowBudget = new WindowBudget(FILL_WINDOWS_BYTES);
 
   constructor(
     private readonly metrics: Metrics,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    metrics.fillMemory = () => this.windowBudget.used;
+  }
 
   get(digest: string): BlobFill | undefined {
     return this.inFlight.get(digest);
@@ -20,6 +29,11 @@ export class BlobFills {
 
   get size(): number {
     return this.inFlight.size;
+  }
+
+  /** Bytes the fills keep in memory for their readers (written batches behind their fronts). */
+  get windowBytes(): number {
+    return this.windowBudget.used;
   }
 
   /** Bytes the running fills have yet to write (of those whose size is known). */
@@ -49,6 +63,7 @@ export class BlobFills {
     const fill = new BlobFill(digest, origin, tempPath, {
       ...hooks,
       onFinished: (f, outcome) => this.finished(f, outcome),
+      windowBudget: this.windowBudget,
     });
     this.inFlight.set(digest, fill);
     this.metrics.fillsInFlight.set(this.inFlight.size);

@@ -13,8 +13,8 @@ export class MeteredBody extends Readable {
   readonly #report: (bytes: number) => void;
   #pending = 0;
 
-  constructor(src: Readable, highWaterMark: number, report: (bytes: number) => void, mapError: (err: Error) => Error) {
-    super({ highWaterMark });
+  constructor(src: Readable, report: (bytes: number) => void, mapError: (err: Error) => Error) {
+    super({ highWaterMark: 64 * 1024 });
     this.#src = src;
     this.#report = report;
     src.pause();

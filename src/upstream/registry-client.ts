@@ -97,9 +97,6 @@ interface Credential {
   bearer?: string;
 }
 
-/** Body bytes buffered ahead of the reader, per upstream response (undici and MeteredBody each). */
-const BODY_BUFFER = 1024 * 1024;
-
 /** Retry budget shared by every hop and auth round of one request(). */
 interface Budget {
   retriesLeft: number;
@@ -424,9 +421,6 @@ export class RegistryClient {
         signal,
         headersTimeout: this.#headersMs,
         bodyTimeout: this.#idleMs,
-        // Room for 16 socket reads (64 KiB each) before undici pauses the socket: with the
-        // default (one read) a fast upstream's body paused and resumed the socket on every chunk.
-        highWaterMark: BODY_BUFFER,
       });
       const ms = elapsed(started);
       this.#metrics.upstreamRequests.inc({ registry, method: label, status: String(res.statusCode) });
@@ -451,7 +445,6 @@ export class RegistryClient {
       const registry = this.name;
       body = new MeteredBody(
         res.body,
-        BODY_BUFFER,
         (n) => this.#metrics.upstreamBytes.inc({ registry }, n),
         (err) => this.#bodyError(err, req),
       );
