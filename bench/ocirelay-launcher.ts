@@ -13,8 +13,6 @@ import { freePort } from '../test/fixtures/ports.ts';
 export const DEFAULT_BIN = fileURLToPath(new URL('../bin/ocirelay.js', import.meta.url));
 /** The node flags ocirelay runs with in production (package.json's start, deploy/Dockerfile). */
 export const PRODUCTION_NODE_ARGS = ['--max-semi-space-size=4'] as const;
-/** And the environment it runs with there: glibc returns freed blob buffers to the system. */
-export const PRODUCTION_ENV = { MALLOC_MMAP_THRESHOLD_: '131072' } as const;
 /** Only the tail of the output is kept: enough for an error message, bounded in memory. */
 const KEEP_OUTPUT = 64 * 1024;
 
@@ -95,7 +93,7 @@ export class OcirelayLauncher {
     const child: ChildProcess = spawn(process.execPath, [...PRODUCTION_NODE_ARGS, ...(o.nodeArgs ?? []), this.bin, 'serve', '--config', cfgFile], {
       cwd: o.dir,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, ...PRODUCTION_ENV, OCIRELAY_CONFIG: '', OCIRELAY_LISTEN: '', OCIRELAY_DATA_DIR: '' },
+      env: { ...process.env, OCIRELAY_CONFIG: '', OCIRELAY_LISTEN: '', OCIRELAY_DATA_DIR: '' },
     });
     const pid = await new Promise<number>((resolve, reject) => {
       child.once('spawn', () => resolve(child.pid as number));

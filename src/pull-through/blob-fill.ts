@@ -77,9 +77,11 @@ export class WindowBudget {
   }
 }
 
+/** One written batch: the upstream's chunks as they came (no copy), `len` bytes from `start`. */
 interface Block {
   start: number;
-  buf: Buffer;
+  chunks: Buffer[];
+  len: number;
 }
 
 export class BlobFill {
@@ -217,11 +219,15 @@ export class BlobFill {
         let queued = 0; // bytes handed to writes so far
         let turnFlush: NodeJS.Immediate | undefined;
         const inFlight: Array<{ end: number; done: boolean; p: Promise<void> }> = [];
-        const writeAll = async (buf: Buffer, pos: number) => {
-          let done = 0;
-          while (done < buf.length) {
-            const { bytesWritten } = await fh.write(buf, done, buf.length - done, pos + done);
-            done += bytesWritten;
+        const writeAll = async (bufs: Buffer[], pos: number, len: number) => {
+          let pending = bufs;
+          let at = pos;
+          let left = len;
+          while (left > 0) {
+            const { bytesWritten } = await fh.writev(pending, at);
+            at += bytesWritten;
+            left -= bytesWritten;
+            if (left > 0) pending = [Buffer.concat(pending).subarray(bytesWritten)];
           }
         };
         const advance = () => {
@@ -237,12 +243,11 @@ export class BlobFill {
         };
         const startWrite = () => {
           const w = { end: queued + batchBytes, done: false, p: Promise.resolve() };
-          // One buffer per batch: one write, and one block readers can send as is.
-          const block = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batchBytes);
-          this.blocks.push({ start: queued, buf: block });
-          this.blockBytes += block.length;
-          if (this.hooks.windowBudget) this.hooks.windowBudget.used += block.length;
-          w.p = writeAll(block, queued).then(() => {
+          // One writev per batch; the same chunks are what readers close behind send.
+          this.blocks.push({ start: queued, chunks: batch, len: batchBytes });
+          this.blockBytes += batchBytes;
+          if (this.hooks.windowBudget) this.hooks.windowBudget.used += batchBytes;
+          w.p = writeAll(batch, queued, batchBytes).then(() => {
             w.done = true;
             advance();
           });
@@ -367,12 +372,12 @@ export class BlobFill {
     const budget = this.hooks.windowBudget;
     while (this.blocks.length > 0) {
       const b = this.blocks[0]!;
-      if (b.start + b.buf.length > this.written) break; // still being written
+      if (b.start + b.len > this.written) break; // still being written
       const overBudget = budget?.over ?? false;
-      if (!overBudget && (this.blocks.length === 1 || this.blockBytes - b.buf.length < MEMORY_WINDOW)) break;
+      if (!overBudget && (this.blocks.length === 1 || this.blockBytes - b.len < MEMORY_WINDOW)) break;
       this.blocks.shift();
-      this.blockBytes -= b.buf.length;
-      if (budget) budget.used -= b.buf.length;
+      this.blockBytes -= b.len;
+      if (budget) budget.used -= b.len;
     }
   }
 
@@ -383,19 +388,27 @@ export class BlobFill {
   }
 
   /**
-   * The bytes from `pos` up to at most `limit` (exclusive) if they are still in memory: a view
-   * of one block, never modified. Undefined when the reader is behind the window.
+   * The bytes from `pos` up to at most `limit` (exclusive) if they are still in memory: views
+   * of the chunks of one block (never modified), in order. Undefined when the reader is behind
+   * the window.
    */
-  memoryAt(pos: number, limit: number): Buffer | undefined {
+  memoryAt(pos: number, limit: number): Buffer[] | undefined {
     const blocks = this.blocks;
     if (blocks.length === 0 || pos < blocks[0]!.start) return undefined;
     for (let i = blocks.length - 1; i >= 0; i--) {
       const b = blocks[i]!;
-      if (pos >= b.start) {
-        const off = pos - b.start;
-        if (off >= b.buf.length) return undefined;
-        return b.buf.subarray(off, Math.min(b.buf.length, limit - b.start));
+      if (pos < b.start) continue;
+      if (pos >= b.start + b.len) return undefined;
+      const end = Math.min(b.start + b.len, limit);
+      const out: Buffer[] = [];
+      let at = b.start;
+      for (const c of b.chunks) {
+        const cEnd = at + c.length;
+        if (cEnd > pos && at < end) out.push(c.subarray(Math.max(0, pos - at), Math.min(c.length, end - at)));
+        at = cEnd;
+        if (at >= end) break;
       }
+      return out.length > 0 ? out : undefined;
     }
     return undefined;
   }
@@ -451,8 +464,12 @@ class FillReader extends Readable {
         }
         const mem = this.fill.memoryAt(this.pos, s.limit);
         if (mem) {
-          this.pos += mem.length;
-          if (!this.push(mem)) return;
+          let more = true;
+          for (const c of mem) {
+            this.pos += c.length;
+            more = this.push(c);
+          }
+          if (!more) return;
           continue;
         }
         const n = Math.min(READ_CHUNK, s.limit - this.pos);
@@ -505,7 +522,7 @@ class FillSender implements BodySource {
           }
           const mem = this.fill.memoryAt(this.pos, s.limit);
           if (mem) {
-            this.pos += mem.length;
+            for (const c of mem) this.pos += c.length;
             return mem;
           }
           const got = await this.fill.readAt(buf, this.pos, Math.min(buf.length, s.limit - this.pos));

@@ -23,10 +23,10 @@ const CHUNK = 256 * 1024;
 /**
  * The shared send loop. `next(buf)` fills `buf` from its start and returns the byte count,
  * or 0 at the end of the body; it may wait (e.g. for a fill to write more). It may instead
- * return a Buffer of its own to send as is (an in-memory block of a fill: no copy, no read);
- * such a buffer must never be modified afterwards.
+ * return buffers of its own to send as they are (the in-memory chunks of a fill: no copy, no
+ * read), written together in one corked batch; they must never be modified afterwards.
  */
-export async function sendChunks(out: ServerResponse, onBytes: (n: number) => void, next: (buf: Buffer) => Promise<number | Buffer>): Promise<void> {
+export async function sendChunks(out: ServerResponse, onBytes: (n: number) => void, next: (buf: Buffer) => Promise<number | Buffer[]>): Promise<void> {
   const bufs = [Buffer.allocUnsafeSlow(CHUNK), Buffer.allocUnsafeSlow(CHUNK)];
   const writing: Array<Promise<void> | undefined> = [undefined, undefined];
   let closed: Error | undefined;
@@ -39,11 +39,23 @@ export async function sendChunks(out: ServerResponse, onBytes: (n: number) => vo
       const buf = bufs[i]!;
       const got = await next(buf);
       if (closed) throw closed;
-      const n = typeof got === 'number' ? got : got.length;
-      if (n === 0) break;
-      onBytes(n);
-      const chunk = typeof got !== 'number' ? got : n === buf.length ? buf : buf.subarray(0, n);
-      const w = new Promise<void>((resolve, reject) => out.write(chunk, (err) => (err ? reject(err) : resolve())));
+      let w: Promise<void>;
+      if (typeof got === 'number') {
+        if (got === 0) break;
+        onBytes(got);
+        const chunk = got === buf.length ? buf : buf.subarray(0, got);
+        w = new Promise<void>((resolve, reject) => out.write(chunk, (err) => (err ? reject(err) : resolve())));
+      } else {
+        if (got.length === 0) throw new Error('body source returned no buffers');
+        let n = 0;
+        for (const c of got) n += c.length;
+        onBytes(n);
+        // Corked: the chunks leave in one writev; the last callback means all of them went.
+        out.cork();
+        for (let k = 0; k < got.length - 1; k++) out.write(got[k]!);
+        w = new Promise<void>((resolve, reject) => out.write(got[got.length - 1]!, (err) => (err ? reject(err) : resolve())));
+        out.uncork();
+      }
       w.catch(() => undefined); // awaited on this buffer's next turn, or below
       writing[i] = w;
     }
