@@ -54,7 +54,10 @@ const image = (layers: number[]) => pushRandomImage(upstream.url, `lifecycle/img
 
 describe('eviction order', () => {
   test('content no manifest refers to goes first', async () => {
-    const proxy = await startOcirelay({ registries: { 'docker.io': { url: upstream.url } }, ...budget(10 * MiB) });
+    // 11 MiB (evict at 9.9, down to 8.8): A and B (8 MiB of layers plus their manifests and
+    // configs) fit under the low watermark even while both of B's layers are in flight and
+    // counted, so only the unreferenced blobs have to go, however the fills interleave.
+    const proxy = await startOcirelay({ registries: { 'docker.io': { url: upstream.url } }, ...budget(11 * MiB) });
     try {
       const a = await image([2 * MiB, 2 * MiB]);
       await pullVerified(proxy.url, a);
@@ -68,14 +71,17 @@ describe('eviction order', () => {
       assert.ok(allCached(proxy, a) && allCached(proxy, b), 'referenced images kept');
       assert.equal(await proxy.metric('ocirelay_evictions_total', { reason: 'unreferenced' }), 2);
       assert.equal(await proxy.metric('ocirelay_evictions_total', { reason: 'lru' }), 0);
-      assert.ok((await proxy.metric('ocirelay_cache_bytes', { tier: 'disk' })) <= 10 * MiB * 0.9);
+      assert.ok((await proxy.metric('ocirelay_cache_bytes', { tier: 'disk' })) <= 11 * MiB * 0.9);
     } finally {
       await proxy.cleanup();
     }
   });
 
   test('then the least recently used, with recency surviving a restart; pinned content is never evicted', async () => {
-    let proxy = await startOcirelay({ registries: { 'docker.io': { url: upstream.url } }, ...budget(14 * MiB), admin: { token: 'lifecycle-token' } });
+    // 16 MiB (evict at 14.4, down to 12.8): pinned, A and B (12 MiB of layers) fit; C's 4 MiB
+    // push it over, and evicting B alone gets back under the low watermark even when both of
+    // C's layers are in flight and counted, so A must stay whatever the fills' timing.
+    let proxy = await startOcirelay({ registries: { 'docker.io': { url: upstream.url } }, ...budget(16 * MiB), admin: { token: 'lifecycle-token' } });
     try {
       const pinned = await image([2 * MiB, 2 * MiB]);
       const a = await image([2 * MiB, 2 * MiB]);
