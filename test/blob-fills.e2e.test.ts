@@ -109,6 +109,43 @@ describe('one upstream download per digest', () => {
     }
   });
 
+  test('ranges at odd offsets follow a running fill (from its memory window) byte for byte', async () => {
+    const size = 6 * MiB + 12345;
+    const data = randomBlob(size);
+    const digest = await pushBlob(upstream.url, 'stream/ranges', data);
+    const url = blobUrl('stream/ranges', digest);
+    // A throttled upstream keeps the fill running while the readers follow it: ranges that
+    // start and end inside upstream chunks and across 1 MiB batches.
+    tamper.setMode(digest, 'slow', { bytesPerSecond: 8 * MiB });
+    try {
+      const ranges: Array<[number, number]> = [
+        [0, 0],
+        [1, 65_536],
+        [65_535, 65_537],
+        [MiB - 3, MiB + 70_000],
+        [100_001, 3 * MiB + 777],
+        [5 * MiB + 1, size - 1],
+      ];
+      const full = download(url);
+      const parts = await Promise.all(
+        ranges.map(async ([a, b]) => {
+          const res = await fetch(url, { headers: { range: `bytes=${a}-${b}` } });
+          return { status: res.status, contentRange: res.headers.get('content-range'), body: Buffer.from(await res.arrayBuffer()) };
+        }),
+      );
+      for (const [i, [a, b]] of ranges.entries()) {
+        const p = parts[i]!;
+        assert.equal(p.status, 206);
+        assert.equal(p.contentRange, `bytes ${a}-${b}/${size}`);
+        assert.ok(p.body.equals(data.subarray(a, b + 1)), `bytes ${a}-${b} match the blob`);
+      }
+      assert.equal((await full).sha256, digest);
+    } finally {
+      tamper.clearRules();
+    }
+    assert.equal(tamper.count({ method: 'GET', pathIncludes: digest }), 1, 'one upstream GET for all of them');
+  });
+
   test('a slow client neither slows the fill nor is cut off; a client leaving does not cancel it', async () => {
     const size = 64 * MiB;
     const digest = await coldBlob('stream/slow', size);
