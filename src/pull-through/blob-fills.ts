@@ -31,11 +31,6 @@ export class BlobFills {
     return this.inFlight.size;
   }
 
-  /** Bytes the fills keep in memory for their readers (written batches behind their fronts). */
-  get windowBytes(): number {
-    return this.windowBudget.used;
-  }
-
   /** Bytes the running fills have yet to write (of those whose size is known). */
   inFlightRemaining(): number {
     let n = 0;
