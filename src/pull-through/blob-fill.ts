@@ -529,7 +529,7 @@ class FillSender implements BodySource {
           this.pos += got;
           return got;
         }
-      });
+      }, (this.endExcl ?? this.fill.size ?? Infinity) - this.pos);
     } finally {
       await this.release();
     }

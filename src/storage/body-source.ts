@@ -26,8 +26,16 @@ const CHUNK = 256 * 1024;
  * return buffers of its own to send as they are (the in-memory chunks of a fill: no copy, no
  * read), written together in one corked batch; they must never be modified afterwards.
  */
-export async function sendChunks(out: ServerResponse, onBytes: (n: number) => void, next: (buf: Buffer) => Promise<number | Buffer[]>): Promise<void> {
-  const bufs = [Buffer.allocUnsafeSlow(CHUNK), Buffer.allocUnsafeSlow(CHUNK)];
+export async function sendChunks(
+  out: ServerResponse,
+  onBytes: (n: number) => void,
+  next: (buf: Buffer) => Promise<number | Buffer[]>,
+  /** Bytes the body has, when known: a small body gets buffers of its size, not 2 x 256 KiB. */
+  size?: number,
+): Promise<void> {
+  const chunk = Math.max(1, Math.min(CHUNK, size ?? CHUNK));
+  // The second buffer is only made once the first is still being written.
+  const bufs: Array<Buffer | undefined> = [Buffer.allocUnsafeSlow(chunk), undefined];
   const writing: Array<Promise<void> | undefined> = [undefined, undefined];
   let closed: Error | undefined;
   const onClose = () => (closed ??= new Error('client closed the connection'));
@@ -36,7 +44,7 @@ export async function sendChunks(out: ServerResponse, onBytes: (n: number) => vo
     for (let i = 0; ; i ^= 1) {
       await writing[i]; // this buffer's previous write has reached the socket
       if (closed) throw closed;
-      const buf = bufs[i]!;
+      const buf = (bufs[i] ??= Buffer.allocUnsafeSlow(chunk));
       const got = await next(buf);
       if (closed) throw closed;
       let w: Promise<void>;

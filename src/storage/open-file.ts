@@ -44,7 +44,7 @@ export class OpenFile implements BodySource {
         if (bytesRead <= 0) throw new Error('blob file shorter than its size');
         pos += bytesRead;
         return bytesRead;
-      });
+      }, this.end - this.start + 1);
     } finally {
       await this.release();
     }
