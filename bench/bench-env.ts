@@ -141,7 +141,8 @@ export class BenchEnv {
     this.track(() => nginx.stop());
     const nginxUrls: Partial<Record<SizeName, string>> = {};
     for (const [size, img] of Object.entries(this.seeded.layers) as Array<[SizeName, SeededImage]>) {
-      for (const ep of [ocirelay, proxy]) await this.prime(ep.url, img);
+      await this.prime(ocirelay.url, img, `ocirelay (pid ${ocirelay.pid})`);
+      await this.prime(proxy.url, img, `the Distribution proxy (pid ${proxy.pid})`);
       nginxUrls[size] = await nginx.publish(img.layer.digest, upstreamBlobFile(this.upstream, img.layer.digest));
     }
     this.warm = { ocirelay, proxy, nginx, nginxUrls };
@@ -161,7 +162,7 @@ export class BenchEnv {
     if (who === 'ocirelay') w.ocirelay = await this.coldOcirelay();
     else w.proxy = await this.coldDistributionProxy();
     const fresh = who === 'ocirelay' ? w.ocirelay : w.proxy;
-    for (const img of Object.values(this.seeded.layers)) if (img) await this.prime(fresh.url, img);
+    for (const img of Object.values(this.seeded.layers)) if (img) await this.prime(fresh.url, img, `${who} (pid ${fresh.pid})`);
     return `warm ${who} (pid ${old.pid}) ${alive ? 'was still running' : 'had exited'}; replaced by pid ${fresh.pid}. Its last output: ${tail.replace(/\s+/g, ' ').slice(-600)}`;
   }
 
@@ -170,7 +171,7 @@ export class BenchEnv {
    * upstream to go quiet (a proxy may still be storing), then check that a second GET of the
    * layer no longer reaches the upstream.
    */
-  private async prime(url: string, img: SeededImage): Promise<void> {
+  private async prime(url: string, img: SeededImage, who: string): Promise<void> {
     const accept = { accept: img.mediaType };
     await curlGet(`${url}/v2/${img.repo}/manifests/${img.tag}`, { headers: accept, timeoutMs: 60_000 });
     await curlGet(`${url}/v2/${img.repo}/manifests/${img.manifestDigest}`, { headers: accept, timeoutMs: 60_000 });
@@ -181,7 +182,7 @@ export class BenchEnv {
     await concurrentGets(blobUrl, 1, { expectBytes: img.layer.size, timeoutMs: 600_000 });
     await this.meter.waitQuiet(500);
     const t = await this.meter.trafficSince(mark, img.layer.digest);
-    if (t.blobGets > 0) throw new Error(`priming ${url}: the second GET of ${img.repo} still reached the upstream (${t.blobGets} GETs)`);
+    if (t.blobGets > 0) throw new Error(`priming ${who} at ${url}: the second GET of ${img.repo} still reached the upstream (${t.blobGets} GETs)`);
   }
 
   /** Stop every process still running (by PID), remove the work dir. */
