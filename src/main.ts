@@ -24,6 +24,7 @@ import { DiskHealth } from './storage/disk-health.ts';
 import { Evictor } from './storage/evictor.ts';
 import { CacheLayout } from './storage/layout.ts';
 import { MemoryCache } from './storage/memory-cache.ts';
+import { BulkGet } from './upstream/bulk-get.ts';
 import { RegistryClient } from './upstream/registry-client.ts';
 
 export interface RunningProxy {
@@ -59,6 +60,12 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
     keepAliveTimeout: 30_000,
     connections: 64,
   });
+  // Blob bodies take their own connections (bulk-get.ts); the rest goes through undici.
+  const bulk = new BulkGet({
+    connectMs: config.upstream.connectTimeoutMs,
+    headersMs: config.upstream.headersTimeoutMs,
+    idleMs: config.upstream.idleTimeoutMs,
+  });
   const upstreams = new Map<string, RegistryClient>();
   for (const r of config.registries.values()) {
     upstreams.set(
@@ -69,6 +76,7 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
           metrics,
           logger,
           dispatcher,
+          bulk,
           timeouts: { connectMs: config.upstream.connectTimeoutMs, headersMs: config.upstream.headersTimeoutMs, idleMs: config.upstream.idleTimeoutMs },
           retry: { attempts: config.upstream.retries },
           breaker: { maxFails: config.upstream.breakerMaxFails, resetMs: config.upstream.breakerResetMs },
@@ -170,6 +178,7 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
       await disk.flushRecency();
       for (const u of upstreams.values()) await u.close();
       await dispatcher.close();
+      bulk.close();
       logger.info('shut down');
       logger.flush();
     })());

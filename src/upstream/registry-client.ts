@@ -10,6 +10,7 @@ import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, request as undiciRequest, type Dispatcher } from 'undici';
 import type { Logger } from '../logger.ts';
+import { BulkGet, BulkTimeoutError } from './bulk-get.ts';
 import type { Metrics } from '../metrics.ts';
 import { CircuitBreaker, type CircuitState, type Outcome } from './circuit-breaker.ts';
 import { MeteredBody, emptyBody } from './metered-body.ts';
@@ -56,6 +57,8 @@ export interface UpstreamClientOptions {
   maxRetryAfterMs?: number;
   /** A shared undici Agent; the client creates (and closes) its own when absent. */
   dispatcher?: Dispatcher;
+  /** Shared connections for blob-body GETs (see bulk-get.ts); the client creates (and closes) its own when absent. */
+  bulk?: BulkGet;
 }
 
 export interface UpstreamRequest {
@@ -67,6 +70,11 @@ export interface UpstreamRequest {
   /** E.g. accept, range. Authorization and hop-by-hop headers are the client's own and dropped. */
   headers?: Record<string, string>;
   signal?: AbortSignal;
+  /**
+   * A GET for a large body (a blob): sent with BulkGet, whose socket reads go straight into
+   * 1 MiB slabs, instead of undici. Same auth, redirects, retries, timeouts and errors.
+   */
+  bulk?: boolean;
 }
 
 export interface UpstreamResponse {
@@ -89,7 +97,12 @@ const DROPPED_REQUEST_HEADERS = new Set([
 ]);
 
 type Method = UpstreamRequest['method'];
-type Exchange = Dispatcher.ResponseData;
+/** One HTTP round trip's answer, from undici or BulkGet. */
+interface Exchange {
+  statusCode: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Readable;
+}
 
 /** What a request sends as Authorization; `bearer` is set when it is a cached token. */
 interface Credential {
@@ -113,6 +126,8 @@ export class RegistryClient {
   readonly #log: Logger;
   readonly #dispatcher: Dispatcher;
   readonly #ownsDispatcher: boolean;
+  readonly #bulk: BulkGet;
+  readonly #ownsBulk: boolean;
   readonly #headersMs: number;
   readonly #idleMs: number;
   readonly #attempts: number;
@@ -163,6 +178,10 @@ export class RegistryClient {
         headersTimeout: this.#headersMs,
         bodyTimeout: this.#idleMs,
       });
+    this.#ownsBulk = opts.bulk === undefined;
+    this.#bulk =
+      opts.bulk ??
+      new BulkGet({ connectMs: opts.timeouts?.connectMs ?? 5_000, headersMs: this.#headersMs, idleMs: this.#idleMs });
 
     const registry = this.name;
     this.#metrics.circuitOpen.set({ registry }, 0);
@@ -182,6 +201,7 @@ export class RegistryClient {
   }
 
   async close(): Promise<void> {
+    if (this.#ownsBulk) this.#bulk.close();
     if (this.#ownsDispatcher) await this.#dispatcher.close();
   }
 
@@ -326,7 +346,7 @@ export class RegistryClient {
       // Authorization goes to the registry's own origin only: a CDN (or anyone a
       // registry redirects to) never sees it.
       const sent = cred !== undefined && url.origin === this.#origin ? { ...headers, authorization: cred.header } : headers;
-      const res = await this.#attempt(budget, req.method, url, sent, req.signal, req.method);
+      const res = await this.#attempt(budget, req.method, url, sent, req.signal, req.method, req.bulk === true);
       if (!REDIRECT_STATUSES.has(res.statusCode)) return { res, url };
       const location = headerValue(res.headers.location);
       if (location === undefined) return { res, url };
@@ -363,11 +383,12 @@ export class RegistryClient {
     headers: Record<string, string>,
     signal: AbortSignal | undefined,
     label: string,
+    bulk = false,
   ): Promise<Exchange> {
     for (;;) {
       let res: Exchange;
       try {
-        res = await this.#exchange(method, url, headers, signal, label);
+        res = await this.#exchange(method, url, headers, signal, label, bulk);
       } catch (err) {
         if (!(err instanceof UpstreamError) || err.kind === 'aborted' || budget.retriesLeft <= 0) throw err;
         await this.#backoff(budget, label, url, err.kind, signal);
@@ -410,18 +431,22 @@ export class RegistryClient {
     headers: Record<string, string>,
     signal: AbortSignal | undefined,
     label: string,
+    bulk: boolean,
   ): Promise<Exchange> {
     const registry = this.name;
     const started = performance.now();
     try {
-      const res = await undiciRequest(url, {
-        dispatcher: this.#dispatcher,
-        method,
-        headers,
-        signal,
-        headersTimeout: this.#headersMs,
-        bodyTimeout: this.#idleMs,
-      });
+      const res: Exchange =
+        bulk && method === 'GET'
+          ? await this.#bulk.get(url, headers, signal)
+          : await undiciRequest(url, {
+              dispatcher: this.#dispatcher,
+              method,
+              headers,
+              signal,
+              headersTimeout: this.#headersMs,
+              bodyTimeout: this.#idleMs,
+            });
       const ms = elapsed(started);
       this.#metrics.upstreamRequests.inc({ registry, method: label, status: String(res.statusCode) });
       this.#metrics.upstreamDuration.observe({ registry, method: label }, ms / 1000);
@@ -515,7 +540,12 @@ export class RegistryClient {
 function classify(err: unknown, signal: AbortSignal | undefined): UpstreamErrorKind {
   if (signal?.aborted) return 'aborted';
   const code = (err as { code?: unknown } | null)?.code;
-  if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
+  if (
+    code === 'UND_ERR_CONNECT_TIMEOUT' ||
+    code === 'UND_ERR_HEADERS_TIMEOUT' ||
+    code === 'UND_ERR_BODY_TIMEOUT' ||
+    err instanceof BulkTimeoutError
+  ) {
     return 'timeout';
   }
   if (code === 'UND_ERR_ABORTED' || code === 'UND_ERR_ABORT' || (err as Error | null)?.name === 'AbortError') return 'aborted';
@@ -526,6 +556,7 @@ function causeText(err: unknown, kind: UpstreamErrorKind): string {
   const code = (err as { code?: unknown } | null)?.code;
   if (code === 'UND_ERR_CONNECT_TIMEOUT') return 'connect timeout';
   if (code === 'UND_ERR_HEADERS_TIMEOUT') return 'no response headers in time';
+  if (err instanceof BulkTimeoutError) return err.message;
   if (kind === 'aborted') return 'aborted';
   // undici and node messages name the address and the syscall, never request headers.
   return typeof code === 'string' ? `${code} (${(err as Error).message})` : (err as Error | null)?.message ?? String(err);
@@ -587,10 +618,21 @@ function elapsed(started: number): number {
   return Math.round((performance.now() - started) * 10) / 10;
 }
 
-/** Drop a body we do not pass on; undici keeps the connection when the rest is small. */
+const DISCARD_LIMIT = 64 * 1024;
+
+/** Drop a body we do not pass on; the connection is kept when the rest is small. */
 async function discard(body: Exchange['body']): Promise<void> {
   try {
-    await body.dump({ limit: 64 * 1024 });
+    const dump = (body as Partial<Dispatcher.ResponseData['body']>).dump;
+    if (dump !== undefined) {
+      await dump.call(body, { limit: DISCARD_LIMIT });
+      return;
+    }
+    let read = 0;
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      read += chunk.length;
+      if (read > DISCARD_LIMIT) break; // leaving the loop destroys the body, and its connection
+    }
   } catch {
     // the connection is gone already; nothing to release
   }
