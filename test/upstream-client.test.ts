@@ -454,6 +454,31 @@ function suite(bulk: boolean): void {
       const res = await makeClient(cut.url).client.request(GET());
       await assert.rejects(text(res.body), (e: unknown) => e instanceof UpstreamError && e.kind === 'unreachable');
     });
+
+    it('errors the body when the upstream breaks its framing in the packet that carries the headers', async () => {
+      // The body fails before the caller could attach to it: still an error, never a hang or a crash.
+      const sockets: net.Socket[] = [];
+      const raw = net.createServer((s) => {
+        sockets.push(s);
+        s.on('error', () => undefined);
+        s.once('data', () => s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXYZ'));
+      });
+      await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
+      servers.push({
+        url: '',
+        host: '',
+        seen: [],
+        close: () =>
+          new Promise<void>((resolve) => {
+            for (const s of sockets) s.destroy();
+            raw.close(() => resolve());
+          }),
+      });
+      const { port } = raw.address() as AddressInfo;
+      const res = await makeClient(`http://127.0.0.1:${port}`).client.request(GET());
+      assert.equal(res.status, 200);
+      await assert.rejects(text(res.body), (e: unknown) => e instanceof UpstreamError && e.kind === 'unreachable');
+    });
   });
 
   describe('retries', () => {

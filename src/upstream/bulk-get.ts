@@ -302,6 +302,9 @@ class Connection {
         cb(err);
       },
     });
+    // The body may fail before its consumer attaches (get() resolves a tick later): that must
+    // not be an uncaught 'error'. The error stays on the stream (`errored`) for the consumer.
+    body.on('error', () => undefined);
     this.#body = body;
     const resolve = this.#resolve!;
     this.#resolve = undefined;
@@ -328,6 +331,11 @@ class Connection {
   }
 
   #eof(): void {
+    if (this.#phase === 'waiting' && this.#parser?.pristine === true) {
+      // Closed without a byte of answer: on a reused connection, get() tries a fresh one.
+      this.#fail(new Error('connection closed before the response'));
+      return;
+    }
     if (this.#phase === 'waiting' || this.#phase === 'body') {
       try {
         this.#parser!.finish();

@@ -84,8 +84,14 @@ export class Http1ResponseParser {
           }
           break;
         }
-        case 'chunk-size':
         case 'chunk-crlf':
+          // Exactly CRLF after chunk data: anything else is an error at once, not a wait for a line end.
+          if (buf[at] !== (this.#line === '' ? 13 : 10)) throw new Http1ParseError('chunk data longer than its size');
+          this.#line = this.#line === '' ? '\r' : '';
+          if (this.#line === '') this.#phase = 'chunk-size';
+          at++;
+          break;
+        case 'chunk-size':
         case 'trailers':
           at = this.#feedLine(buf, at);
           break;
@@ -177,7 +183,7 @@ export class Http1ResponseParser {
     }
   }
 
-  /** Chunk-size lines, the CRLF after chunk data, and trailer lines. */
+  /** Chunk-size lines and trailer lines. */
   #feedLine(buf: Buffer, at: number): number {
     const nl = buf.indexOf(10, at);
     const stop = nl < 0 ? buf.length : nl + 1;
@@ -187,10 +193,7 @@ export class Http1ResponseParser {
     if (!this.#line.endsWith('\r\n')) throw new Http1ParseError('bare LF in chunk framing');
     const line = this.#line.slice(0, -2);
     this.#line = '';
-    if (this.#phase === 'chunk-crlf') {
-      if (line !== '') throw new Http1ParseError('chunk data longer than its size');
-      this.#phase = 'chunk-size';
-    } else if (this.#phase === 'chunk-size') {
+    if (this.#phase === 'chunk-size') {
       const size = line.split(';', 1)[0]!.trim();
       if (!HEX.test(size)) throw new Http1ParseError('malformed chunk size');
       this.#left = parseInt(size, 16);

@@ -31,6 +31,11 @@ export class MeteredBody extends Readable {
     src.once('close', () => {
       if (!src.readableEnded && !this.destroyed) this.destroy(mapError(new Error('upstream body closed before its end')));
     });
+    // A source that failed before it was wrapped has emitted its 'error' and 'close' already.
+    if (src.destroyed && !src.readableEnded) {
+      const err = src.errored ?? new Error('upstream body closed before its end');
+      process.nextTick(() => this.destroy(mapError(err)));
+    }
   }
 
   override _read(): void {
