@@ -4,7 +4,6 @@ import fs from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import { createAdaptorServer } from '@hono/node-server';
-import { Agent } from 'undici';
 import { createApp, type Readiness } from './app.ts';
 import type { Config } from './config.ts';
 import { createLogger, type Logger } from './logger.ts';
@@ -24,7 +23,7 @@ import { DiskHealth } from './storage/disk-health.ts';
 import { Evictor } from './storage/evictor.ts';
 import { CacheLayout } from './storage/layout.ts';
 import { MemoryCache } from './storage/memory-cache.ts';
-import { BulkGet } from './upstream/bulk-get.ts';
+import { Http1Client } from './upstream/http1-client.ts';
 import { RegistryClient } from './upstream/registry-client.ts';
 
 export interface RunningProxy {
@@ -53,15 +52,8 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
   // A writable data dir is required to start at all (later trouble only degrades caching).
   await fs.access(layout.tmpDir, fs.constants.W_OK);
 
-  const dispatcher = new Agent({
-    connect: { timeout: config.upstream.connectTimeoutMs },
-    headersTimeout: config.upstream.headersTimeoutMs,
-    bodyTimeout: config.upstream.idleTimeoutMs,
-    keepAliveTimeout: 30_000,
-    connections: 64,
-  });
-  // Blob bodies take their own connections (bulk-get.ts); the rest goes through undici.
-  const bulk = new BulkGet({
+  // Every upstream request goes through this one client (its sockets, its pools).
+  const http = new Http1Client({
     connectMs: config.upstream.connectTimeoutMs,
     headersMs: config.upstream.headersTimeoutMs,
     idleMs: config.upstream.idleTimeoutMs,
@@ -75,8 +67,7 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
         {
           metrics,
           logger,
-          dispatcher,
-          bulk,
+          http,
           timeouts: { connectMs: config.upstream.connectTimeoutMs, headersMs: config.upstream.headersTimeoutMs, idleMs: config.upstream.idleTimeoutMs },
           retry: { attempts: config.upstream.retries },
           breaker: { maxFails: config.upstream.breakerMaxFails, resetMs: config.upstream.breakerResetMs },
@@ -177,8 +168,7 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
       await index.close();
       await disk.flushRecency();
       for (const u of upstreams.values()) await u.close();
-      await dispatcher.close();
-      bulk.close();
+      http.close();
       logger.info('shut down');
       logger.flush();
     })());

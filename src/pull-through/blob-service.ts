@@ -195,7 +195,7 @@ export class BlobService {
     const up = this.upstream(req.registry);
     let res;
     try {
-      res = await up.request({ method: 'GET', path: `/v2/${req.repository}/blobs/${req.digest}`, repository: req.repository, signal, bulk: true });
+      res = await up.request({ method: 'GET', path: `/v2/${req.repository}/blobs/${req.digest}`, repository: req.repository, signal });
     } catch (e) {
       throw errorFromTransport(e, req.registry);
     }

@@ -1,4 +1,4 @@
-// Incremental parser for one HTTP/1.1 response to a GET (RFC 9112), fed the bytes of a
+// Incremental parser for one HTTP/1.1 response to a GET or HEAD (RFC 9112), fed the bytes of a
 // connection as they arrive. Body bytes come out as subarrays of the buffers fed in (no
 // copies), framed by Content-Length, chunked transfer coding, or the connection's close.
 // Interim 1xx responses are skipped. Anything malformed throws an Http1ParseError; the
@@ -43,7 +43,11 @@ export class Http1ResponseParser {
   #line = '';
   #keepAlive = false;
 
-  constructor(private readonly on: ResponseEvents) {}
+  constructor(
+    private readonly on: ResponseEvents,
+    /** The response to a HEAD: it ends at its headers, whatever they say of a body. */
+    private readonly opts: { bodiless?: boolean } = {},
+  ) {}
 
   get done(): boolean {
     return this.#phase === 'done';
@@ -156,7 +160,7 @@ export class Http1ResponseParser {
     this.on.head({ status, headers });
     const connection = tokens(headers.connection);
     this.#keepAlive = minor === '1' ? !connection.includes('close') : connection.includes('keep-alive');
-    if (status === 204 || status === 304) {
+    if (status === 204 || status === 304 || this.opts.bodiless === true) {
       this.#finish(this.#keepAlive);
       return;
     }

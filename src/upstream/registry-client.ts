@@ -8,9 +8,8 @@
 // Every HTTP status comes back as a response; UpstreamError means none usable arrived.
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Agent, request as undiciRequest, type Dispatcher } from 'undici';
 import type { Logger } from '../logger.ts';
-import { BulkGet, BulkTimeoutError } from './bulk-get.ts';
+import { Http1Client, HttpTimeoutError } from './http1-client.ts';
 import type { Metrics } from '../metrics.ts';
 import { CircuitBreaker, type CircuitState, type Outcome } from './circuit-breaker.ts';
 import { MeteredBody, emptyBody } from './metered-body.ts';
@@ -34,7 +33,7 @@ export interface UpstreamClientOptions {
   metrics: Metrics;
   logger: Logger;
   timeouts?: {
-    /** Default 5000. Applies only to the Agent this client creates: a shared dispatcher keeps its own. */
+    /** Default 5000. Applies only to the HTTP client this client creates: a shared one keeps its own. */
     connectMs?: number;
     /** Default 30000: from request sent to response headers. */
     headersMs?: number;
@@ -55,10 +54,8 @@ export interface UpstreamClientOptions {
   };
   /** Default 5000: a 429 whose Retry-After is at most this is waited for and retried once. */
   maxRetryAfterMs?: number;
-  /** A shared undici Agent; the client creates (and closes) its own when absent. */
-  dispatcher?: Dispatcher;
-  /** Shared connections for blob-body GETs (see bulk-get.ts); the client creates (and closes) its own when absent. */
-  bulk?: BulkGet;
+  /** Shared connections (http1-client.ts); the client creates (and closes) its own when absent. */
+  http?: Http1Client;
 }
 
 export interface UpstreamRequest {
@@ -70,11 +67,6 @@ export interface UpstreamRequest {
   /** E.g. accept, range. Authorization and hop-by-hop headers are the client's own and dropped. */
   headers?: Record<string, string>;
   signal?: AbortSignal;
-  /**
-   * A GET for a large body (a blob): sent with BulkGet, whose socket reads go straight into
-   * 1 MiB slabs, instead of undici. Same auth, redirects, retries, timeouts and errors.
-   */
-  bulk?: boolean;
 }
 
 export interface UpstreamResponse {
@@ -97,7 +89,7 @@ const DROPPED_REQUEST_HEADERS = new Set([
 ]);
 
 type Method = UpstreamRequest['method'];
-/** One HTTP round trip's answer, from undici or BulkGet. */
+/** One HTTP round trip's answer. */
 interface Exchange {
   statusCode: number;
   headers: Record<string, string | string[] | undefined>;
@@ -124,10 +116,8 @@ export class RegistryClient {
   readonly #basic: string | undefined;
   readonly #metrics: Metrics;
   readonly #log: Logger;
-  readonly #dispatcher: Dispatcher;
-  readonly #ownsDispatcher: boolean;
-  readonly #bulk: BulkGet;
-  readonly #ownsBulk: boolean;
+  readonly #http: Http1Client;
+  readonly #ownsHttp: boolean;
   readonly #headersMs: number;
   readonly #idleMs: number;
   readonly #attempts: number;
@@ -170,18 +160,9 @@ export class RegistryClient {
     this.#attempts = Math.max(0, opts.retry?.attempts ?? 2);
     this.#baseDelayMs = opts.retry?.baseDelayMs ?? 200;
     this.#maxRetryAfterMs = opts.maxRetryAfterMs ?? 5_000;
-    this.#ownsDispatcher = opts.dispatcher === undefined;
-    this.#dispatcher =
-      opts.dispatcher ??
-      new Agent({
-        connect: { timeout: opts.timeouts?.connectMs ?? 5_000 },
-        headersTimeout: this.#headersMs,
-        bodyTimeout: this.#idleMs,
-      });
-    this.#ownsBulk = opts.bulk === undefined;
-    this.#bulk =
-      opts.bulk ??
-      new BulkGet({ connectMs: opts.timeouts?.connectMs ?? 5_000, headersMs: this.#headersMs, idleMs: this.#idleMs });
+    this.#ownsHttp = opts.http === undefined;
+    this.#http =
+      opts.http ?? new Http1Client({ connectMs: opts.timeouts?.connectMs ?? 5_000, headersMs: this.#headersMs, idleMs: this.#idleMs });
 
     const registry = this.name;
     this.#metrics.circuitOpen.set({ registry }, 0);
@@ -201,8 +182,7 @@ export class RegistryClient {
   }
 
   async close(): Promise<void> {
-    if (this.#ownsBulk) this.#bulk.close();
-    if (this.#ownsDispatcher) await this.#dispatcher.close();
+    if (this.#ownsHttp) this.#http.close();
   }
 
   async request(req: UpstreamRequest): Promise<UpstreamResponse> {
@@ -346,7 +326,7 @@ export class RegistryClient {
       // Authorization goes to the registry's own origin only: a CDN (or anyone a
       // registry redirects to) never sees it.
       const sent = cred !== undefined && url.origin === this.#origin ? { ...headers, authorization: cred.header } : headers;
-      const res = await this.#attempt(budget, req.method, url, sent, req.signal, req.method, req.bulk === true);
+      const res = await this.#attempt(budget, req.method, url, sent, req.signal, req.method);
       if (!REDIRECT_STATUSES.has(res.statusCode)) return { res, url };
       const location = headerValue(res.headers.location);
       if (location === undefined) return { res, url };
@@ -383,12 +363,11 @@ export class RegistryClient {
     headers: Record<string, string>,
     signal: AbortSignal | undefined,
     label: string,
-    bulk = false,
   ): Promise<Exchange> {
     for (;;) {
       let res: Exchange;
       try {
-        res = await this.#exchange(method, url, headers, signal, label, bulk);
+        res = await this.#exchange(method, url, headers, signal, label);
       } catch (err) {
         if (!(err instanceof UpstreamError) || err.kind === 'aborted' || budget.retriesLeft <= 0) throw err;
         await this.#backoff(budget, label, url, err.kind, signal);
@@ -431,22 +410,11 @@ export class RegistryClient {
     headers: Record<string, string>,
     signal: AbortSignal | undefined,
     label: string,
-    bulk: boolean,
   ): Promise<Exchange> {
     const registry = this.name;
     const started = performance.now();
     try {
-      const res: Exchange =
-        bulk && method === 'GET'
-          ? await this.#bulk.get(url, headers, signal)
-          : await undiciRequest(url, {
-              dispatcher: this.#dispatcher,
-              method,
-              headers,
-              signal,
-              headersTimeout: this.#headersMs,
-              bodyTimeout: this.#idleMs,
-            });
+      const res: Exchange = await this.#http.request(method, url, headers, signal);
       const ms = elapsed(started);
       this.#metrics.upstreamRequests.inc({ registry, method: label, status: String(res.statusCode) });
       this.#metrics.upstreamDuration.observe({ registry, method: label }, ms / 1000);
@@ -539,26 +507,16 @@ export class RegistryClient {
 
 function classify(err: unknown, signal: AbortSignal | undefined): UpstreamErrorKind {
   if (signal?.aborted) return 'aborted';
-  const code = (err as { code?: unknown } | null)?.code;
-  if (
-    code === 'UND_ERR_CONNECT_TIMEOUT' ||
-    code === 'UND_ERR_HEADERS_TIMEOUT' ||
-    code === 'UND_ERR_BODY_TIMEOUT' ||
-    err instanceof BulkTimeoutError
-  ) {
-    return 'timeout';
-  }
-  if (code === 'UND_ERR_ABORTED' || code === 'UND_ERR_ABORT' || (err as Error | null)?.name === 'AbortError') return 'aborted';
+  if (err instanceof HttpTimeoutError) return 'timeout';
+  if ((err as Error | null)?.name === 'AbortError') return 'aborted';
   return 'unreachable';
 }
 
 function causeText(err: unknown, kind: UpstreamErrorKind): string {
   const code = (err as { code?: unknown } | null)?.code;
-  if (code === 'UND_ERR_CONNECT_TIMEOUT') return 'connect timeout';
-  if (code === 'UND_ERR_HEADERS_TIMEOUT') return 'no response headers in time';
-  if (err instanceof BulkTimeoutError) return err.message;
+  if (err instanceof HttpTimeoutError) return err.message;
   if (kind === 'aborted') return 'aborted';
-  // undici and node messages name the address and the syscall, never request headers.
+  // Socket, TLS and parser messages name the address, the syscall or the framing, never request headers.
   return typeof code === 'string' ? `${code} (${(err as Error).message})` : (err as Error | null)?.message ?? String(err);
 }
 
@@ -623,11 +581,6 @@ const DISCARD_LIMIT = 64 * 1024;
 /** Drop a body we do not pass on; the connection is kept when the rest is small. */
 async function discard(body: Exchange['body']): Promise<void> {
   try {
-    const dump = (body as Partial<Dispatcher.ResponseData['body']>).dump;
-    if (dump !== undefined) {
-      await dump.call(body, { limit: DISCARD_LIMIT });
-      return;
-    }
     let read = 0;
     for await (const chunk of body as AsyncIterable<Buffer>) {
       read += chunk.length;

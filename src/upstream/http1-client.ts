@@ -1,137 +1,204 @@
-// HTTP/1.1 GETs for blob bodies, read off the socket with `onread` into 1 MiB slabs.
+// The HTTP/1.1 client every upstream request goes through (RegistryClient does auth,
+// redirects and retries on top of it, one hop at a time).
 //
-// Why not undici here: a socket read through undici allocates a fresh 64 KiB buffer per read,
-// copies it into the WASM parser's memory, and often concatenates reads again; for a blob
-// that is 16,000 short-lived buffers per GiB, and the garbage collector's work made the
-// receive cost of a 256 MiB body swing between 0.07 and 0.44 CPU-s (bench/README.md). Here the
-// kernel writes straight into the free end of a 1 MiB slab, and body chunks are subarrays of
-// it, handed on without a copy. Everything else (auth, redirects, retries) stays with the
-// RegistryClient, which calls this for one hop at a time.
+// Sockets are read with `onread`: the kernel writes straight into the free end of a slab, and
+// body chunks are views of it, handed on without a copy. A response body gets 1 MiB slabs;
+// headers and idle connections a 64 KiB one. undici (which this replaced) allocates a fresh
+// 64 KiB buffer per socket read and copies it into its WASM parser: for a blob that is 16,000
+// short-lived buffers per GiB, and the garbage collector's work made receiving 256 MiB cost
+// 0.07 to 0.44 CPU-s (bench/README.md). Loading undici also cost 19 MiB of RSS.
 //
-// Idle connections are kept per origin (a few, for a few seconds) and reused; a request on a
-// reused connection that dies before any response byte is sent again once on a fresh one.
+// Connections are pooled per origin: at most `maxConnectionsPerOrigin` open (requests beyond
+// wait for one), idle ones kept for `keepIdleMs` (or less when the server's Keep-Alive header
+// says so). A request on a reused connection that dies before any byte of its response is
+// sent again on a fresh connection (all requests here are GET or HEAD).
 import net from 'node:net';
 import { Readable } from 'node:stream';
 import tls from 'node:tls';
 import { Http1ParseError, Http1ResponseParser, type ResponseHead } from './http1-response-parser.ts';
 
-export interface BulkGetOptions {
-  /** Default 5000. */
+export interface Http1ClientOptions {
+  /** Default 5000 (TCP connect and TLS handshake). */
   connectMs?: number;
   /** From request sent to response headers, default 30000. */
   headersMs?: number;
   /** Longest pause between two body reads (while the consumer wants more), default 30000. */
   idleMs?: number;
-  /** Idle connections kept per origin, default 4. */
+  /** Default 64; requests beyond wait for a connection. */
+  maxConnectionsPerOrigin?: number;
+  /** Idle connections kept per origin, default 16. */
   maxIdlePerOrigin?: number;
-  /** How long an idle connection is kept, default 4000 ms. */
+  /** How long an idle connection is kept, default 30000 ms (less if the server says so). */
   keepIdleMs?: number;
   /** Extra trusted CAs for https (tests); the system's and NODE_EXTRA_CA_CERTS are trusted anyway. */
   ca?: string | Buffer;
 }
 
-export interface BulkResponse {
+export interface Http1Response {
   statusCode: number;
+  /** Lower-case names; a repeated header is an array of its values. */
   headers: Record<string, string | string[]>;
-  /** The body; destroy it to drop the rest (the connection is then closed). */
+  /** The body (empty for HEAD); destroy it to drop the rest (the connection is then closed). */
   body: Readable;
 }
 
-export type BulkTimeout = 'connect' | 'headers' | 'body';
+export type Http1Method = 'GET' | 'HEAD';
+export type TimeoutPhase = 'connect' | 'headers' | 'body';
 
 /** A connect, headers or body-idle timeout. */
-export class BulkTimeoutError extends Error {
-  readonly code = 'OCIRELAY_BULK_TIMEOUT';
-  constructor(readonly phase: BulkTimeout, ms: number) {
+export class HttpTimeoutError extends Error {
+  readonly code = 'OCIRELAY_HTTP_TIMEOUT';
+  constructor(
+    readonly phase: TimeoutPhase,
+    ms: number,
+  ) {
     super(phase === 'connect' ? `connect timeout (${ms} ms)` : phase === 'headers' ? `no response headers in ${ms} ms` : `body idle for more than ${ms} ms`);
-    this.name = 'BulkTimeoutError';
+    this.name = 'HttpTimeoutError';
   }
 }
 
 const SLAB = 1024 * 1024;
+const SMALL_SLAB = 64 * 1024;
 /** A slab whose free end is smaller than this is replaced for the next read. */
 const MIN_READ = 64 * 1024;
+const EMPTY = Buffer.alloc(0);
 
-export class BulkGet {
+interface Waiter {
+  wake(): void;
+}
+
+/** The connections of one origin. */
+class Pool {
+  idle: Connection[] = [];
+  /** Open or connecting, idle included. */
+  open = 0;
+  waiters: Waiter[] = [];
+}
+
+export class Http1Client {
   readonly #connectMs: number;
   readonly #headersMs: number;
   readonly #idleMs: number;
+  readonly #maxConnections: number;
   readonly #maxIdle: number;
   readonly #keepIdleMs: number;
   readonly #ca: string | Buffer | undefined;
-  readonly #idle = new Map<string, Connection[]>();
+  readonly #pools = new Map<string, Pool>();
   #closed = false;
 
-  constructor(opts: BulkGetOptions = {}) {
+  constructor(opts: Http1ClientOptions = {}) {
     this.#connectMs = opts.connectMs ?? 5_000;
     this.#headersMs = opts.headersMs ?? 30_000;
     this.#idleMs = opts.idleMs ?? 30_000;
-    this.#maxIdle = opts.maxIdlePerOrigin ?? 4;
-    this.#keepIdleMs = opts.keepIdleMs ?? 4_000;
+    this.#maxConnections = Math.max(1, opts.maxConnectionsPerOrigin ?? 64);
+    this.#maxIdle = opts.maxIdlePerOrigin ?? 16;
+    this.#keepIdleMs = opts.keepIdleMs ?? 30_000;
     this.#ca = opts.ca;
   }
 
-  /** Idle connections kept right now (for tests and metrics). */
-  idleCount(): number {
-    let n = 0;
-    for (const list of this.#idle.values()) n += list.length;
-    return n;
+  /** Connections open right now, and how many of them are idle (for tests). */
+  connections(origin: string): { open: number; idle: number } {
+    const pool = this.#pools.get(origin);
+    return { open: pool?.open ?? 0, idle: pool?.idle.length ?? 0 };
   }
 
-  async get(url: URL, headers: Record<string, string>, signal?: AbortSignal): Promise<BulkResponse> {
-    if (this.#closed) throw new Error('BulkGet is closed');
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`cannot GET a ${url.protocol} URL`);
-    const request = requestText(url, headers);
-    const reused = this.#takeIdle(url.origin);
-    if (reused !== undefined) {
-      try {
-        return await reused.send(request, signal, this.#headersMs);
-      } catch (err) {
-        // The server may close an idle connection just as it is reused: try a fresh one.
-        if (!(err instanceof StaleConnectionError) || signal?.aborted) throw err;
+  async request(method: Http1Method, url: URL, headers: Record<string, string>, signal?: AbortSignal): Promise<Http1Response> {
+    if (this.#closed) throw new Error('HTTP client is closed');
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`cannot request a ${url.protocol} URL`);
+    const text = requestText(method, url, headers);
+    const pool = this.#pool(url.origin);
+    for (;;) {
+      if (signal?.aborted) throw abortError();
+      if (this.#closed) throw new Error('HTTP client is closed');
+      const idle = pool.idle.pop();
+      if (idle !== undefined) {
+        idle.leaveIdle();
+        try {
+          return await idle.send(method, text, signal, this.#headersMs);
+        } catch (err) {
+          // The server may close an idle connection just as it is reused: try another.
+          if (err instanceof StaleConnectionError && !signal?.aborted) continue;
+          throw err;
+        }
       }
+      if (pool.open < this.#maxConnections) {
+        pool.open++;
+        let conn: Connection;
+        try {
+          conn = await this.#connect(url, pool, signal);
+        } catch (err) {
+          this.#gone(pool);
+          throw err;
+        }
+        return conn.send(method, text, signal, this.#headersMs);
+      }
+      await this.#waitForConnection(pool, signal);
     }
-    const conn = await this.#connect(url, signal);
-    return conn.send(request, signal, this.#headersMs);
   }
 
-  /** Closes idle connections; requests in flight finish on their own. */
+  /** Closes idle connections; requests in flight finish, and their connections close after. */
   close(): void {
     this.#closed = true;
-    for (const list of this.#idle.values()) for (const c of list) c.destroy();
-    this.#idle.clear();
+    for (const pool of this.#pools.values()) {
+      for (const c of pool.idle.splice(0)) c.destroy();
+      for (const w of pool.waiters.splice(0)) w.wake();
+    }
   }
 
-  #takeIdle(origin: string): Connection | undefined {
-    const list = this.#idle.get(origin);
-    const conn = list?.pop();
-    if (list !== undefined && list.length === 0) this.#idle.delete(origin);
-    conn?.leaveIdle();
-    return conn;
+  #pool(origin: string): Pool {
+    let pool = this.#pools.get(origin);
+    if (pool === undefined) {
+      pool = new Pool();
+      this.#pools.set(origin, pool);
+    }
+    return pool;
   }
 
-  #release(conn: Connection): void {
-    const list = this.#idle.get(conn.origin) ?? [];
-    if (this.#closed || list.length >= this.#maxIdle) {
+  #waitForConnection(pool: Pool, signal: AbortSignal | undefined): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => {
+        const i = pool.waiters.indexOf(waiter);
+        if (i >= 0) pool.waiters.splice(i, 1);
+        reject(abortError());
+      };
+      const waiter: Waiter = {
+        wake: () => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        },
+      };
+      pool.waiters.push(waiter);
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  /** A connection finished its response and may carry another. */
+  #release(pool: Pool, conn: Connection, keepMs: number): void {
+    if (this.#closed || pool.idle.length >= this.#maxIdle || keepMs <= 0) {
       conn.destroy();
       return;
     }
-    list.push(conn);
-    this.#idle.set(conn.origin, list);
-    conn.enterIdle(this.#keepIdleMs, () => this.#forget(conn));
+    pool.idle.push(conn);
+    conn.enterIdle(keepMs);
+    pool.waiters.shift()?.wake();
   }
 
-  #forget(conn: Connection): void {
-    const list = this.#idle.get(conn.origin);
-    if (list === undefined) return;
-    const i = list.indexOf(conn);
-    if (i >= 0) list.splice(i, 1);
-    if (list.length === 0) this.#idle.delete(conn.origin);
+  /** A connection closed (or never opened): its slot is free. */
+  #gone(pool: Pool, conn?: Connection): void {
+    pool.open--;
+    if (conn !== undefined) {
+      const i = pool.idle.indexOf(conn);
+      if (i >= 0) pool.idle.splice(i, 1);
+    }
+    pool.waiters.shift()?.wake();
   }
 
-  #connect(url: URL, signal: AbortSignal | undefined): Promise<Connection> {
+  #connect(url: URL, pool: Pool, signal: AbortSignal | undefined): Promise<Connection> {
     return new Promise<Connection>((resolve, reject) => {
-      const conn = new Connection(url.origin, this.#idleMs, (c) => this.#release(c));
+      const conn = new Connection(this.#idleMs, this.#keepIdleMs, {
+        release: (c, keepMs) => this.#release(pool, c, keepMs),
+        gone: (c) => this.#gone(pool, c),
+      });
       const host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
       const https = url.protocol === 'https:';
       const port = Number(url.port || (https ? 443 : 80));
@@ -146,7 +213,7 @@ export class BulkGet {
         ...(this.#ca !== undefined ? { ca: [...tls.rootCertificates, this.#ca.toString()] } : {}),
       };
       const socket: net.Socket = https ? tls.connect(tlsOptions) : net.connect({ host, port, onread });
-      const timer = setTimeout(() => fail(new BulkTimeoutError('connect', this.#connectMs)), this.#connectMs);
+      const timer = setTimeout(() => fail(new HttpTimeoutError('connect', this.#connectMs)), this.#connectMs);
       const onAbort = (): void => fail(abortError());
       const done = (): void => {
         clearTimeout(timer);
@@ -183,29 +250,36 @@ class StaleConnectionError extends Error {
 
 type Phase = 'idle' | 'waiting' | 'body' | 'dead';
 
+interface ConnectionHooks {
+  release(c: Connection, keepMs: number): void;
+  gone(c: Connection): void;
+}
+
 /** One socket, carrying one request at a time. */
 class Connection {
   #socket: net.Socket | undefined;
-  #slab = Buffer.allocUnsafeSlow(SLAB);
+  #slab: Buffer = EMPTY;
   #off = 0;
   #phase: Phase = 'idle';
   #parser: Http1ResponseParser | undefined;
   #body: Readable | undefined;
   #reused = false;
   #paused = false;
+  #keepMs: number;
   #timer: NodeJS.Timeout | undefined;
   #signal: AbortSignal | undefined;
   #onAbort: (() => void) | undefined;
-  #resolve: ((r: BulkResponse) => void) | undefined;
+  #resolve: ((r: Http1Response) => void) | undefined;
   #reject: ((e: Error) => void) | undefined;
   #idleTimer: NodeJS.Timeout | undefined;
-  #onIdleGone: (() => void) | undefined;
 
   constructor(
-    readonly origin: string,
     private readonly idleMs: number,
-    private readonly release: (c: Connection) => void,
-  ) {}
+    keepMs: number,
+    private readonly hooks: ConnectionHooks,
+  ) {
+    this.#keepMs = keepMs;
+  }
 
   attach(socket: net.Socket): void {
     this.#socket = socket;
@@ -214,10 +288,10 @@ class Connection {
     socket.on('close', () => this.#fail(new Error('connection closed')));
   }
 
-  /** Where the kernel writes the next read: the free end of the slab. */
+  /** Where the kernel writes the next read: the free end of the slab (1 MiB ones for bodies). */
   nextBuffer(): Buffer {
-    if (SLAB - this.#off < MIN_READ) {
-      this.#slab = Buffer.allocUnsafeSlow(SLAB);
+    if (this.#slab.length - this.#off < MIN_READ) {
+      this.#slab = Buffer.allocUnsafeSlow(this.#phase === 'body' ? SLAB : SMALL_SLAB);
       this.#off = 0;
     }
     return this.#slab.subarray(this.#off);
@@ -241,8 +315,8 @@ class Connection {
     return !this.#paused;
   }
 
-  send(request: string, signal: AbortSignal | undefined, headersMs: number): Promise<BulkResponse> {
-    return new Promise<BulkResponse>((resolve, reject) => {
+  send(method: Http1Method, request: string, signal: AbortSignal | undefined, headersMs: number): Promise<Http1Response> {
+    return new Promise<Http1Response>((resolve, reject) => {
       if (signal?.aborted) {
         this.destroy();
         reject(abortError());
@@ -252,26 +326,31 @@ class Connection {
       this.#reject = reject;
       this.#phase = 'waiting';
       this.#paused = false;
-      this.#parser = new Http1ResponseParser({
-        head: (head) => this.#onHead(head),
-        body: (chunk) => this.#onBody(chunk),
-        end: (reusable) => this.#onEnd(reusable),
-      });
+      this.#parser = new Http1ResponseParser(
+        {
+          head: (head) => this.#onHead(head),
+          body: (chunk) => this.#onBody(chunk),
+          end: (reusable) => this.#onEnd(reusable),
+        },
+        { bodiless: method === 'HEAD' },
+      );
       this.#signal = signal;
       if (signal !== undefined) {
         this.#onAbort = () => this.#fail(abortError());
         signal.addEventListener('abort', this.#onAbort, { once: true });
       }
-      this.#timer = setTimeout(() => this.#fail(new BulkTimeoutError('headers', headersMs)), headersMs);
+      this.#timer = setTimeout(() => this.#fail(new HttpTimeoutError('headers', headersMs)), headersMs);
       this.#socket!.resume();
       this.#socket!.write(request);
     });
   }
 
-  enterIdle(keepMs: number, gone: () => void): void {
+  enterIdle(keepMs: number): void {
     this.#phase = 'idle';
     this.#reused = true;
-    this.#onIdleGone = gone;
+    // The body's slab stays with its chunks' owners; an idle connection reads into a small one.
+    this.#slab = EMPTY;
+    this.#off = 0;
     this.#idleTimer = setTimeout(() => this.destroy(), keepMs);
     this.#idleTimer.unref();
   }
@@ -279,7 +358,6 @@ class Connection {
   leaveIdle(): void {
     clearTimeout(this.#idleTimer);
     this.#idleTimer = undefined;
-    this.#onIdleGone = undefined;
   }
 
   destroy(): void {
@@ -289,6 +367,7 @@ class Connection {
   #onHead(head: ResponseHead): void {
     clearTimeout(this.#timer);
     this.#phase = 'body';
+    this.#keepMs = Math.min(this.#keepMs, keepAliveHintMs(head.headers['keep-alive']));
     this.#armIdle();
     const body = new Readable({
       highWaterMark: SLAB,
@@ -302,8 +381,8 @@ class Connection {
         cb(err);
       },
     });
-    // The body may fail before its consumer attaches (get() resolves a tick later): that must
-    // not be an uncaught 'error'. The error stays on the stream (`errored`) for the consumer.
+    // The body may fail before its consumer attaches (request() resolves a tick later): that
+    // must not be an uncaught 'error'. The error stays on the stream (`errored`) for the consumer.
     body.on('error', () => undefined);
     this.#body = body;
     const resolve = this.#resolve!;
@@ -324,7 +403,7 @@ class Connection {
     body?.push(null);
     if (reusable && this.#socket !== undefined && !this.#socket.destroyed) {
       this.#phase = 'idle';
-      this.release(this);
+      this.hooks.release(this, this.#keepMs);
     } else {
       this.destroy();
     }
@@ -332,7 +411,7 @@ class Connection {
 
   #eof(): void {
     if (this.#phase === 'waiting' && this.#parser?.pristine === true) {
-      // Closed without a byte of answer: on a reused connection, get() tries a fresh one.
+      // Closed without a byte of answer: on a reused connection, request() tries another.
       this.#fail(new Error('connection closed before the response'));
       return;
     }
@@ -363,7 +442,7 @@ class Connection {
 
   #armIdle(): void {
     clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => this.#fail(new BulkTimeoutError('body', this.idleMs)), this.idleMs);
+    this.#timer = setTimeout(() => this.#fail(new HttpTimeoutError('body', this.idleMs)), this.idleMs);
   }
 
   #finishRequest(): void {
@@ -376,21 +455,19 @@ class Connection {
 
   #fail(err: Error): void {
     if (this.#phase === 'dead') return;
-    const wasIdle = this.#phase === 'idle';
     const pristine = this.#phase === 'waiting' && this.#parser?.pristine === true;
     this.#phase = 'dead';
     this.#finishRequest();
     clearTimeout(this.#idleTimer);
-    this.#onIdleGone?.();
-    this.#onIdleGone = undefined;
+    this.#slab = EMPTY;
     this.#socket?.destroy();
-    if (wasIdle) return;
+    this.hooks.gone(this);
     const reject = this.#reject;
     this.#resolve = undefined;
     this.#reject = undefined;
     if (reject !== undefined) {
-      const aborted = (err as { name?: string }).name === 'AbortError' || err instanceof BulkTimeoutError || err instanceof Http1ParseError;
-      reject(this.#reused && pristine && !aborted ? new StaleConnectionError(err) : err);
+      const final = (err as { name?: string }).name === 'AbortError' || err instanceof HttpTimeoutError || err instanceof Http1ParseError;
+      reject(this.#reused && pristine && !final ? new StaleConnectionError(err) : err);
     }
     const body = this.#body;
     this.#body = undefined;
@@ -398,8 +475,8 @@ class Connection {
   }
 }
 
-function requestText(url: URL, headers: Record<string, string>): string {
-  let text = `GET ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${url.host}\r\n`;
+function requestText(method: Http1Method, url: URL, headers: Record<string, string>): string {
+  let text = `${method} ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${url.host}\r\n`;
   for (const [name, value] of Object.entries(headers)) {
     if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name) || /[\r\n\0]/.test(value)) throw new TypeError(`invalid request header ${name}`);
     const lower = name.toLowerCase();
@@ -407,6 +484,12 @@ function requestText(url: URL, headers: Record<string, string>): string {
     text += `${name}: ${value}\r\n`;
   }
   return `${text}\r\n`;
+}
+
+/** `Keep-Alive: timeout=5` -> 4000 (a second's margin, as undici does); no hint -> Infinity. */
+function keepAliveHintMs(v: string | string[] | undefined): number {
+  const m = /(?:^|[,;\s])timeout=(\d+)/i.exec(Array.isArray(v) ? v.join(',') : (v ?? ''));
+  return m === null ? Number.POSITIVE_INFINITY : Math.max(0, Number(m[1]) * 1000 - 1000);
 }
 
 function abortError(): Error {
