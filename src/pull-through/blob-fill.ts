@@ -66,7 +66,7 @@ const WRITES_IN_FLIGHT = 4;
  * no read back from the file. Readers further behind read the file. Per fill, and bounded over
  * all fills by a WindowBudget.
  */
-const MEMORY_WINDOW = 8 * 1024 * 1024;
+const MEMORY_WINDOW = 4 * 1024 * 1024;
 
 /** Bytes all fills together may keep behind their write fronts (shared by the fills of a process). */
 export class WindowBudget {

@@ -7,7 +7,7 @@ export type StartFill = Omit<FillHooks, 'onFinished' | 'windowBudget'>;
 
 /**
  * Memory all fills together keep for readers close behind them (see BlobFill's window): a herd
- * on one blob uses one fill's 8 MiB; many parallel fills share this instead of 8 MiB each.
+ * on one blob uses one fill's 4 MiB (plus the batches being written); many parallel fills share this.
  */
 const FILL_WINDOWS_BYTES = 32 * 1024 * 1024;
 
