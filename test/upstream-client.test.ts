@@ -63,6 +63,28 @@ async function serve(handler: Handler, host = '127.0.0.1'): Promise<TestServer> 
   return s;
 }
 
+/** A raw TCP server on 127.0.0.1 (closed after the file); returns its port. */
+async function serveRaw(onSocket: (s: net.Socket) => void): Promise<number> {
+  const sockets: net.Socket[] = [];
+  const raw = net.createServer((s) => {
+    sockets.push(s);
+    s.on('error', () => undefined);
+    onSocket(s);
+  });
+  await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
+  servers.push({
+    url: '',
+    host: '',
+    seen: [],
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        raw.close(() => resolve());
+      }),
+  });
+  return (raw.address() as AddressInfo).port;
+}
+
 function send(res: ServerResponse, status: number, body = '', headers: Record<string, string | string[]> = {}): void {
   res.writeHead(status, { 'content-length': String(Buffer.byteLength(body)), ...headers });
   res.end(body);
@@ -394,20 +416,7 @@ describe('timeouts', { concurrency: true }, () => {
   });
 
   it('times out a connection that never completes (TLS handshake to a silent socket)', async () => {
-    const sockets: net.Socket[] = [];
-    const silent = net.createServer((s) => void sockets.push(s));
-    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
-    servers.push({
-      url: '',
-      host: '',
-      seen: [],
-      close: () =>
-        new Promise<void>((resolve) => {
-          for (const s of sockets) s.destroy();
-          silent.close(() => resolve());
-        }),
-    });
-    const { port } = silent.address() as AddressInfo;
+    const port = await serveRaw(() => undefined);
     const { client } = makeClient(`https://127.0.0.1:${port}`, { timeouts: { connectMs: 100 }, retry: { attempts: 0 } });
     const started = Date.now();
     const err = await rejectsWith(client.request(GET()), 'timeout');
@@ -447,24 +456,7 @@ describe('timeouts', { concurrency: true }, () => {
 
   it('errors the body when the upstream breaks its framing in the packet that carries the headers', async () => {
     // The body fails before the caller could attach to it: still an error, never a hang or a crash.
-    const sockets: net.Socket[] = [];
-    const raw = net.createServer((s) => {
-      sockets.push(s);
-      s.on('error', () => undefined);
-      s.once('data', () => s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXYZ'));
-    });
-    await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
-    servers.push({
-      url: '',
-      host: '',
-      seen: [],
-      close: () =>
-        new Promise<void>((resolve) => {
-          for (const s of sockets) s.destroy();
-          raw.close(() => resolve());
-        }),
-    });
-    const { port } = raw.address() as AddressInfo;
+    const port = await serveRaw((s) => s.once('data', () => s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXYZ')));
     const res = await makeClient(`http://127.0.0.1:${port}`).client.request(GET());
     assert.equal(res.status, 200);
     await assert.rejects(text(res.body), (e: unknown) => e instanceof UpstreamError && e.kind === 'unreachable');

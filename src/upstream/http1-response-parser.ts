@@ -65,29 +65,21 @@ export class Http1ResponseParser {
         case 'head':
           at = this.#feedHead(buf, at);
           break;
-        case 'length': {
-          const n = Math.min(this.#left, buf.length - at);
-          this.#left -= n;
-          this.on.body(buf.subarray(at, at + n));
-          at += n;
+        case 'length':
+          at = this.#counted(buf, at);
           if (this.#left === 0) this.#finish(this.#keepAlive);
           break;
-        }
         case 'close':
           this.on.body(at === 0 ? buf : buf.subarray(at));
           at = buf.length;
           break;
-        case 'chunk-data': {
-          const n = Math.min(this.#left, buf.length - at);
-          this.#left -= n;
-          this.on.body(buf.subarray(at, at + n));
-          at += n;
+        case 'chunk-data':
+          at = this.#counted(buf, at);
           if (this.#left === 0) {
             this.#phase = 'chunk-crlf';
             this.#line = '';
           }
           break;
-        }
         case 'chunk-crlf':
           // Exactly CRLF after chunk data: anything else is an error at once, not a wait for a line end.
           if (buf[at] !== (this.#line === '' ? 13 : 10)) throw new Http1ParseError('chunk data longer than its size');
@@ -114,6 +106,14 @@ export class Http1ResponseParser {
       return;
     }
     throw new Http1ParseError(this.#phase === 'head' ? 'connection closed before the response headers' : 'connection closed before the body ended');
+  }
+
+  /** Body bytes of a known count (a Content-Length body or one chunk): hands on what is here of them. */
+  #counted(buf: Buffer, at: number): number {
+    const n = Math.min(this.#left, buf.length - at);
+    this.#left -= n;
+    this.on.body(buf.subarray(at, at + n));
+    return at + n;
   }
 
   #feedHead(buf: Buffer, at: number): number {
