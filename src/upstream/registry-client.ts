@@ -1,6 +1,7 @@
 // Client for one upstream registry (Docker Hub, ghcr.io, quay.io, a private one).
 //
-// request() does one logical GET or HEAD and hides the protocol around it:
+// request() does one logical GET or HEAD (each hop through Http1Client) and hides the protocol
+// around it:
 //   circuit breaker -> auth (cached bearer token, or Basic once the registry asked for it)
 //   -> redirects (followed by hand, Authorization only to the registry's own origin)
 //   -> retries (transport errors and 502/503/504 before any body byte reached the caller;
@@ -9,9 +10,9 @@
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../logger.ts';
-import { Http1Client, HttpTimeoutError } from './http1-client.ts';
 import type { Metrics } from '../metrics.ts';
 import { CircuitBreaker, type CircuitState, type Outcome } from './circuit-breaker.ts';
+import { Http1Client, HttpTimeoutError } from './http1-client.ts';
 import { MeteredBody, emptyBody } from './metered-body.ts';
 import { backoffDelay, parseRetryAfter } from './retry-timing.ts';
 import { TokenCache, type IssuedToken } from './token-cache.ts';
