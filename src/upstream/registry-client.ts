@@ -205,7 +205,10 @@ export class RegistryClient {
     } catch (err) {
       ticket.settle(outcomeOf(err));
       const kind = err instanceof UpstreamError ? err.kind : 'unexpected';
-      this.#log.info({ method: req.method, path: req.path, err: kind, ms: elapsed(started) }, 'upstream request failed');
+      // The message names the cause (e.g. a certificate the CA store does not vouch for); it is
+      // built from origins, paths and error codes only, never from credentials or tokens.
+      const reason = err instanceof UpstreamError ? err.message : undefined;
+      this.#log.info({ method: req.method, path: req.path, err: kind, reason, ms: elapsed(started) }, 'upstream request failed');
       throw err;
     }
   }

@@ -43,7 +43,10 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-export async function startOcirelay(config: Record<string, unknown>, opts: { dir?: string; port?: number; adminPort?: number } = {}): Promise<OcirelayProcess> {
+export async function startOcirelay(
+  config: Record<string, unknown>,
+  opts: { dir?: string; port?: number; adminPort?: number; env?: Record<string, string> } = {},
+): Promise<OcirelayProcess> {
   const dir = opts.dir ?? (await mkdtemp(path.join(os.tmpdir(), 'ocirelay-proc-')));
   const port = opts.port ?? (await freePort());
   const dataDir = typeof config.dataDir === 'string' ? config.dataDir : path.join(dir, 'data');
@@ -55,7 +58,7 @@ export async function startOcirelay(config: Record<string, unknown>, opts: { dir
   const child: ChildProcess = spawn(process.execPath, [BIN, 'serve', '--config', cfgFile], {
     cwd: dir,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, OCIRELAY_CONFIG: '', OCIRELAY_LISTEN: '', OCIRELAY_DATA_DIR: '' },
+    env: { ...process.env, OCIRELAY_CONFIG: '', OCIRELAY_LISTEN: '', OCIRELAY_DATA_DIR: '', ...opts.env },
   });
   const lines: Array<Record<string, unknown>> = [];
   let partial = '';
@@ -138,7 +141,7 @@ export async function startOcirelay(config: Record<string, unknown>, opts: { dir
     },
     restart: async () => {
       await proc.stop();
-      return startOcirelay(config, { dir, port, adminPort });
+      return startOcirelay(config, { dir, port, adminPort, ...(opts.env ? { env: opts.env } : {}) });
     },
     cleanup: async () => {
       await proc.stop('SIGKILL');

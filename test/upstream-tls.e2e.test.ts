@@ -1,0 +1,81 @@
+// An HTTPS upstream: a real Distribution registry serving TLS with a certificate of a private
+// CA (generated here with openssl), trusted by ocirelay through NODE_EXTRA_CA_CERTS, the way a
+// platform team points it at an internal registry. skopeo pulls through ocirelay; an ocirelay
+// that does not trust the CA refuses the upstream and says why.
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { buildImages, pushImages, type PushedImages } from './fixtures/images.ts';
+import { runCommand } from './fixtures/processes.ts';
+import { startRegistry, type RegistryFixture } from './fixtures/registry.ts';
+import { skopeoCopy } from './fixtures/skopeo.ts';
+import { startOcirelay, type OcirelayProcess } from './helpers/ocirelay-process.ts';
+
+let dir: string;
+let plain: RegistryFixture;
+let secure: RegistryFixture;
+let images: PushedImages;
+let caFile: string;
+const started: OcirelayProcess[] = [];
+
+before(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'ocirelay-tls-'));
+  // A CA, and a server certificate it signed for 127.0.0.1.
+  caFile = path.join(dir, 'ca.pem');
+  const caKey = path.join(dir, 'ca.key');
+  const key = path.join(dir, 'server.key');
+  const csr = path.join(dir, 'server.csr');
+  const cert = path.join(dir, 'server.pem');
+  const ext = path.join(dir, 'san.ext');
+  await runCommand('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=ocirelay test CA', '-keyout', caKey, '-out', caFile], { timeoutMs: 20_000 });
+  await runCommand('openssl', ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', key, '-out', csr], { timeoutMs: 20_000 });
+  await runCommand('sh', ['-c', `printf 'subjectAltName=IP:127.0.0.1\\n' > '${ext}'`], { timeoutMs: 5_000 });
+  await runCommand('openssl', ['x509', '-req', '-in', csr, '-CA', caFile, '-CAkey', caKey, '-CAcreateserial', '-days', '1', '-extfile', ext, '-out', cert], { timeoutMs: 20_000 });
+
+  // Seeded over plain HTTP, then served over TLS by a second registry on the same storage.
+  plain = await startRegistry({ auth: 'none' });
+  images = await pushImages(plain, await buildImages({ bigLayerBytes: 8 * 1024 * 1024 }));
+  secure = await startRegistry({ auth: 'none', tls: { certFile: cert, keyFile: key, caFile }, storageDir: path.join(plain.dir, 'storage') });
+  assert.ok(secure.url.startsWith('https://'));
+});
+
+after(async () => {
+  for (const p of started) await p.cleanup();
+  await secure?.stop();
+  await plain?.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+describe('an HTTPS upstream with a private CA', () => {
+  it('is pulled through when NODE_EXTRA_CA_CERTS names the CA', async () => {
+    const proxy = await startOcirelay({ registries: { 'internal.test': { url: secure.url } } }, { env: { NODE_EXTRA_CA_CERTS: caFile } });
+    started.push(proxy);
+    const out = path.join(dir, 'pulled');
+    await skopeoCopy(`docker://${proxy.host}/internal.test/library/big:1.0`, `dir:${out}`, { srcTlsVerify: false, timeoutMs: 120_000 });
+    const manifest = await readFile(path.join(out, 'manifest.json'));
+    assert.equal(`sha256:${createHash('sha256').update(manifest).digest('hex')}`, images.big.manifestDigest);
+    const layer = images.big.layers[0]!;
+    const layerBytes = await readFile(path.join(out, layer.digest.slice('sha256:'.length)));
+    assert.equal(`sha256:${createHash('sha256').update(layerBytes).digest('hex')}`, layer.digest);
+    // The bytes came over TLS from the second registry, not from the plain one.
+    assert.equal(await secure.countRequests({ method: 'GET', pathIncludes: layer.digest }), 1);
+    assert.equal(await plain.countRequests({ method: 'GET', pathIncludes: layer.digest }), 0);
+    assert.equal(await proxy.metric('ocirelay_fills_total', { result: 'committed' }) >= 2, true);
+  });
+
+  it('is refused, with the certificate problem in the log, when the CA is not trusted', async () => {
+    const proxy = await startOcirelay({ registries: { 'internal.test': { url: secure.url } }, upstream: { retries: 0 } });
+    started.push(proxy);
+    const res = await fetch(`${proxy.url}/v2/internal.test/library/single/manifests/1.0`);
+    assert.equal(res.status, 503);
+    const body = (await res.json()) as { errors: Array<{ code: string }> };
+    assert.ok(body.errors.length > 0);
+    const line = await proxy.waitForLog((l) => l.msg === 'upstream request failed' && l.registry === 'internal.test');
+    assert.equal(line.err, 'unreachable');
+    // The operator reads why: the certificate's issuer is not trusted.
+    assert.match(String(line.reason), /UNABLE_TO_VERIFY_LEAF_SIGNATURE|unable to verify the first certificate/);
+  });
+});
