@@ -148,3 +148,65 @@ describe('HTTP/1.1 response parser', () => {
     rejects('HTTP/1.1 200 OK\r\nContent-Le', /before the response headers/, { finish: true });
   });
 });
+
+describe('HTTP/1.1 response parser, randomised', () => {
+  // A seeded generator: a failure names its seed and reproduces.
+  function rng(seed: number): () => number {
+    let x = seed >>> 0 || 1;
+    return () => {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      return (x >>> 0) / 2 ** 32;
+    };
+  }
+
+  function randomResponse(r: () => number): { wire: Buffer; body: Buffer } {
+    const body = Buffer.from(Array.from({ length: Math.floor(r() * 3000) }, () => Math.floor(r() * 256)));
+    if (r() < 0.5) return { wire: Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`), body]), body };
+    const parts: Buffer[] = [Buffer.from('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n')];
+    for (let at = 0; at < body.length; ) {
+      const n = Math.min(body.length - at, 1 + Math.floor(r() * 700));
+      parts.push(Buffer.from(`${n.toString(16)}${r() < 0.3 ? ';x=y' : ''}\r\n`), body.subarray(at, at + n), Buffer.from('\r\n'));
+      at += n;
+    }
+    parts.push(Buffer.from(r() < 0.3 ? '0\r\nT: v\r\n\r\n' : '0\r\n\r\n'));
+    return { wire: Buffer.concat(parts), body };
+  }
+
+  function randomSplit(r: () => number, wire: Buffer): Buffer[] {
+    const pieces: Buffer[] = [];
+    for (let at = 0; at < wire.length; ) {
+      const n = 1 + Math.floor(r() * 200);
+      pieces.push(wire.subarray(at, at + n));
+      at += n;
+    }
+    return pieces;
+  }
+
+  it('decodes 300 random bodies, in random pieces, to the bytes that were framed', () => {
+    for (let seed = 1; seed <= 300; seed++) {
+      const r = rng(seed);
+      const { wire, body } = randomResponse(r);
+      const out = parse(randomSplit(r, wire));
+      assert.ok(out.ended, `seed ${seed}: ended`);
+      assert.ok(out.body.equals(body), `seed ${seed}: body`);
+    }
+  });
+
+  it('turns 2000 corrupted responses into bodies or Http1ParseErrors, nothing else', () => {
+    let errors = 0;
+    for (let seed = 1; seed <= 2000; seed++) {
+      const r = rng(seed);
+      const wire = Buffer.from(randomResponse(r).wire);
+      for (let k = 1 + Math.floor(r() * 4); k > 0; k--) wire[Math.floor(r() * wire.length)] = Math.floor(r() * 256);
+      try {
+        parse(randomSplit(r, wire), { finish: true });
+      } catch (e) {
+        assert.ok(e instanceof Http1ParseError, `seed ${seed}: ${String(e)}`);
+        errors++;
+      }
+    }
+    assert.ok(errors > 200, `corruption was noticed ${errors} times`);
+  });
+});
