@@ -67,8 +67,9 @@ interface Waiter {
   wake(): void;
 }
 
-/** The connections of one origin. */
+/** The connections of one origin; dropped from the client's map when it has none and no waiter. */
 class Pool {
+  constructor(readonly origin: string) {}
   idle: Connection[] = [];
   /** Open or connecting, idle included. */
   open = 0;
@@ -106,10 +107,10 @@ export class Http1Client {
     if (this.#closed) throw new Error('HTTP client is closed');
     if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`cannot request a ${url.protocol} URL`);
     const text = requestText(method, url, headers);
-    const pool = this.#pool(url.origin);
     for (;;) {
       if (signal?.aborted) throw abortError();
       if (this.#closed) throw new Error('HTTP client is closed');
+      const pool = this.#pool(url.origin);
       const idle = pool.idle.pop();
       if (idle !== undefined) {
         idle.leaveIdle();
@@ -148,7 +149,7 @@ export class Http1Client {
   #pool(origin: string): Pool {
     let pool = this.#pools.get(origin);
     if (pool === undefined) {
-      pool = new Pool();
+      pool = new Pool(origin);
       this.#pools.set(origin, pool);
     }
     return pool;
@@ -190,7 +191,9 @@ export class Http1Client {
       const i = pool.idle.indexOf(conn);
       if (i >= 0) pool.idle.splice(i, 1);
     }
-    pool.waiters.shift()?.wake();
+    const waiter = pool.waiters.shift();
+    if (waiter !== undefined) waiter.wake();
+    else if (pool.open === 0 && this.#pools.get(pool.origin) === pool) this.#pools.delete(pool.origin);
   }
 
   #connect(url: URL, pool: Pool, signal: AbortSignal | undefined): Promise<Connection> {
