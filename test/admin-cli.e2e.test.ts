@@ -97,7 +97,8 @@ function cli(args: string[], opts: { env?: Record<string, string>; stdin?: strin
     child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
     child.stdin.end(opts.stdin ?? '');
     child.on('error', reject);
-    child.on('exit', (code) => {
+    // 'close', not 'exit': only then has everything the child wrote to its pipes arrived.
+    child.on('close', (code) => {
       clearTimeout(timer);
       const r = { code, stdout, stderr };
       assertNoToken(r, opts.secrets);
@@ -351,7 +352,7 @@ test('prefetch draws a progress bar when stderr is a terminal', async (t) => {
     child.stdout.setEncoding('utf8').on('data', (s: string) => (out += s));
     child.stderr.setEncoding('utf8').on('data', (s: string) => (out += s));
     child.on('error', reject);
-    child.on('exit', (code) => resolve({ code, stdout: out, stderr: '' }));
+    child.on('close', (code) => resolve({ code, stdout: out, stderr: '' }));
   });
   assertNoToken(r);
   assert.equal(r.code, 0, r.stdout);
@@ -436,7 +437,7 @@ test('prefetch --timeout stops following a job that is still running (exit 1); C
       }
     });
     child.on('error', reject);
-    child.on('exit', (code) => {
+    child.on('close', (code) => {
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
     });

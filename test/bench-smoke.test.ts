@@ -35,7 +35,7 @@ function runBench(args: string[], timeoutMs: number): Promise<{ code: number | n
     const term = setTimeout(() => child.kill('SIGTERM'), timeoutMs);
     const kill = setTimeout(() => child.kill('SIGKILL'), timeoutMs + 15_000);
     child.once('error', reject);
-    child.once('exit', (code) => {
+    child.once('close', (code) => {
       clearTimeout(term);
       clearTimeout(kill);
       resolve({ code, stdout, stderr });

@@ -33,7 +33,8 @@ function run(args: string[], env: Record<string, string> = {}, opts: { untilLog?
     });
     child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
     child.on('error', reject);
-    child.on('exit', (code) => {
+    // 'close', not 'exit': only then has everything the child wrote to its pipes arrived.
+    child.on('close', (code) => {
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
     });

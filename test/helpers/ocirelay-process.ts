@@ -77,8 +77,9 @@ export async function startOcirelay(
     }
   });
   child.stderr!.setEncoding('utf8').on('data', (s: string) => (err += s));
+  // 'close', not 'exit': only then have the last log lines written to the pipes arrived.
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
+    child.once('close', (code, signal) => resolve({ code, signal })),
   );
   let exitedEarly = false;
   void exited.then(() => (exitedEarly = true));
