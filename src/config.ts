@@ -39,6 +39,21 @@ export interface Config {
     readonly breakerMaxFails: number;
     readonly breakerResetMs: number;
   };
+  /** Limits of the pull and admin listeners (client-facing sockets). */
+  readonly server: {
+    /** A request's headers must arrive within this (slow-header clients are cut off). */
+    readonly headersTimeoutMs: number;
+    /** An idle keep-alive connection is closed after this. */
+    readonly keepAliveTimeoutMs: number;
+    /** Request line plus headers, in bytes; more is answered 431. */
+    readonly maxHeaderSize: number;
+    /** Concurrent connections per listener; more are refused. */
+    readonly maxConnections: number;
+    /** A client that takes no response bytes for this long is dropped and its reader released. */
+    readonly sendStallTimeoutMs: number;
+    /** Largest admin API request body; more is answered 413. */
+    readonly adminBodyLimit: number;
+  };
   readonly log: { readonly level: string };
   readonly shutdownGraceMs: number;
 }
@@ -193,6 +208,17 @@ const fileSchema = z
       })
       .strict()
       .optional(),
+    server: z
+      .object({
+        headersTimeout: duration.optional(),
+        keepAliveTimeout: duration.optional(),
+        maxHeaderSize: size.optional(),
+        maxConnections: z.number().int().min(1).optional(),
+        sendStallTimeout: duration.optional(),
+        adminBodyLimit: size.optional(),
+      })
+      .strict()
+      .optional(),
     log: z.object({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional() }).strict().optional(),
     shutdownGrace: duration.optional(),
   })
@@ -279,7 +305,8 @@ export function loadConfig(src: ConfigSources = {}): Config {
     throw new ConfigError(`invalid config: defaultRegistry: "${defaultRegistry}" is not a configured registry (have: ${[...registries.keys()].join(', ')})`);
   }
   const maxBytes = c.cache?.maxBytes ?? 50 * 2 ** 30;
-  const memoryBytes = c.cache?.memoryBytes ?? 256 * 2 ** 20;
+  // The memory tier's default follows a small disk budget down, so `maxBytes` alone always starts.
+  const memoryBytes = c.cache?.memoryBytes ?? Math.min(256 * 2 ** 20, Math.floor(maxBytes / 4));
   if (memoryBytes > maxBytes) throw new ConfigError('invalid config: cache.memoryBytes: must not exceed cache.maxBytes');
   const highWatermark = c.cache?.highWatermark ?? 0.9;
   const lowWatermark = c.cache?.lowWatermark ?? 0.8;
@@ -313,8 +340,26 @@ export function loadConfig(src: ConfigSources = {}): Config {
       breakerMaxFails: c.upstream?.breakerMaxFails ?? 5,
       breakerResetMs: c.upstream?.breakerReset ?? 30_000,
     }),
+    server: Object.freeze(serverLimits(c.server)),
     log: Object.freeze({ level: c.log?.level ?? 'info' }),
     shutdownGraceMs: c.shutdownGrace ?? 30_000,
   };
   return Object.freeze(cfg);
+}
+
+/** Listener limits with the defaults of a production mirror; zero timeouts are refused (they would mean unbounded). */
+function serverLimits(s: z.output<typeof fileSchema>['server']): Config['server'] {
+  const limits = {
+    headersTimeoutMs: s?.headersTimeout ?? 30_000,
+    // Above the 60 s idle timeout of common load balancers, so they close first and never reuse a closed socket.
+    keepAliveTimeoutMs: s?.keepAliveTimeout ?? 65_000,
+    maxHeaderSize: s?.maxHeaderSize ?? 16 * 2 ** 10,
+    maxConnections: s?.maxConnections ?? 4096,
+    sendStallTimeoutMs: s?.sendStallTimeout ?? 60_000,
+    adminBodyLimit: s?.adminBodyLimit ?? 2 ** 20,
+  };
+  for (const k of ['headersTimeoutMs', 'keepAliveTimeoutMs', 'sendStallTimeoutMs', 'maxHeaderSize', 'adminBodyLimit'] as const) {
+    if (limits[k] <= 0) throw new ConfigError(`invalid config: server.${k.replace(/Ms$/, '')}: must be above zero`);
+  }
+  return limits;
 }

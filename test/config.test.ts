@@ -87,3 +87,34 @@ test('sizes and durations', () => {
   assert.equal(parseDuration(2), 2000);
   assert.throws(() => parseDuration('5 minutes'));
 });
+
+test('cache.memoryBytes defaults to min(256 MiB, maxBytes / 4): a small maxBytes alone starts', () => {
+  const small = loadConfig({ env: {}, cwd: dir, values: { cache: { maxBytes: '250MiB' } } });
+  assert.equal(small.cache.maxBytes, 250 * 2 ** 20);
+  assert.equal(small.cache.memoryBytes, Math.floor((250 * 2 ** 20) / 4));
+  const big = loadConfig({ env: {}, cwd: dir, values: { cache: { maxBytes: '50GiB' } } });
+  assert.equal(big.cache.memoryBytes, 256 * 2 ** 20);
+  // Set explicitly above maxBytes, it is still an error the user can fix.
+  assert.throws(() => loadConfig({ env: {}, cwd: dir, values: { cache: { maxBytes: '1MiB', memoryBytes: '2MiB' } } }), /cache\.memoryBytes/);
+});
+
+test('server limits: production defaults, overridable, zero or unknown keys refused', () => {
+  const d = loadConfig({ env: {}, cwd: dir }).server;
+  assert.deepEqual(d, {
+    headersTimeoutMs: 30_000,
+    keepAliveTimeoutMs: 65_000,
+    maxHeaderSize: 16 * 1024,
+    maxConnections: 4096,
+    sendStallTimeoutMs: 60_000,
+    adminBodyLimit: 1024 * 1024,
+  });
+  const s = loadConfig({
+    env: {},
+    cwd: dir,
+    values: { server: { headersTimeout: '3s', keepAliveTimeout: '5s', maxHeaderSize: '8KiB', maxConnections: 10, sendStallTimeout: '2s', adminBodyLimit: '4KiB' } },
+  }).server;
+  assert.deepEqual(s, { headersTimeoutMs: 3000, keepAliveTimeoutMs: 5000, maxHeaderSize: 8192, maxConnections: 10, sendStallTimeoutMs: 2000, adminBodyLimit: 4096 });
+  assert.throws(() => loadConfig({ env: {}, cwd: dir, values: { server: { headersTimeout: 0 } } }), /server\.headersTimeout: must be above zero/);
+  assert.throws(() => loadConfig({ env: {}, cwd: dir, values: { server: { maxConnections: 0 } } }), ConfigError);
+  assert.throws(() => loadConfig({ env: {}, cwd: dir, values: { server: { requestTimeout: '1s' } as never } }), /server/);
+});
