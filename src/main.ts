@@ -3,8 +3,8 @@
 import fs from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
-import { createAdaptorServer } from '@hono/node-server';
 import { createApp, type Readiness } from './app.ts';
+import { createListener } from './http/listener.ts';
 import type { Config } from './config.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { Metrics } from './metrics.ts';
@@ -109,15 +109,16 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
   };
   metrics.cacheBytes.set({ tier: 'memory' }, 0);
   const app = createApp({ router, blobs, manifests, listings, metrics, logger, readiness });
-  const server = createAdaptorServer({ fetch: app.fetch }) as Server;
-  server.keepAliveTimeout = 65_000;
-  server.requestTimeout = 0; // blobs may take long; idle sockets are bounded by keepAliveTimeout
+  // Bounded per client (config `server:`): headers, idle keep-alive, header size, connections, send stalls.
+  const pull = createListener('pull', app.fetch, config.server, logger);
+  const server = pull.server;
 
   const puller = new ImagePuller(manifests, blobs, disk, index);
   const cacheAdmin = new CacheAdmin({ index, disk, memory, evictor, health, puller, metrics, maxBytes: config.cache.maxBytes, memoryBytes: config.cache.memoryBytes });
   const jobs = new PrefetchJobs(puller, logger);
-  const adminApp = createAdminApp({ admin: cacheAdmin, jobs, router, logger, ...(config.admin.token !== undefined ? { token: config.admin.token } : {}) });
-  const adminServer = createAdaptorServer({ fetch: adminApp.fetch }) as Server;
+  const adminApp = createAdminApp({ admin: cacheAdmin, jobs, router, logger, bodyLimit: config.server.adminBodyLimit, ...(config.admin.token !== undefined ? { token: config.admin.token } : {}) });
+  const adminListener = createListener('admin', adminApp.fetch, config.server, logger);
+  const adminServer = adminListener.server;
 
   const port = await listen(server, config.listen);
   const adminPort = await listen(adminServer, config.admin.listen).catch(async (e: unknown) => {
@@ -154,6 +155,8 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
     (closing ??= (async () => {
       shuttingDown = true;
       clearInterval(memGauge);
+      pull.stop();
+      adminListener.stop();
       health.stop();
       logger.info({ fillsInFlight: fills.size }, 'shutting down: finishing in-flight pulls');
       const serverClosed = new Promise<void>((r) => server.close(() => r()));

@@ -2,6 +2,7 @@
 import { timingSafeEqual, createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { Hono, type Context } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
 import { RegistryError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
 import type { RegistryRouter } from '../registry-router.ts';
@@ -15,6 +16,8 @@ export interface AdminDeps {
   router: RegistryRouter;
   logger: Logger;
   token?: string;
+  /** Largest request body accepted, in bytes (config server.adminBodyLimit). */
+  bodyLimit: number;
 }
 
 const isLoopback = (addr: string | undefined) => !!addr && (addr === '::1' || addr.startsWith('127.') || addr.startsWith('::ffff:127.'));
@@ -50,7 +53,9 @@ export function createAdminApp(d: AdminDeps): Hono {
   });
   app.get('/healthz', (c) => c.json({ status: 'ok' }));
 
-  app.use('/api/*', async (c, next) => {
+  // Every path but /healthz is authenticated before routing: an unknown path answers 401 to a
+  // stranger, so the API's shape is not revealed to anyone without the token.
+  app.use('*', async (c, next) => {
     if (d.token !== undefined) {
       const m = /^Bearer (.+)$/.exec(c.req.header('authorization') ?? '');
       if (!m || !timingSafeEqual(sha(m[1]!), sha(d.token))) throw new RegistryError('UNAUTHORIZED', 'admin token required', { headers: { 'WWW-Authenticate': 'Bearer realm="ocirelay-admin"' } });
@@ -62,6 +67,15 @@ export function createAdminApp(d: AdminDeps): Hono {
     await next();
     d.logger.info({ admin: true, method: c.req.method, path: c.req.path, status: c.res.status, ms: Date.now() - t0 }, 'admin request');
   });
+
+  // Bodies are small JSON documents: a bigger one is refused before it is buffered.
+  app.use(
+    '*',
+    bodyLimit({
+      maxSize: d.bodyLimit,
+      onError: (c) => c.json(new RegistryError('BAD_REQUEST', `request body exceeds ${d.bodyLimit} bytes`).toBody(), 413),
+    }),
+  );
 
   app.get('/api/v1/images', (c) => {
     const registry = c.req.query('registry');
