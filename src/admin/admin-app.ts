@@ -46,7 +46,7 @@ export function createAdminApp(d: AdminDeps): Hono {
   app.onError((err, c) => {
     const re = err instanceof RegistryError ? err : new RegistryError('UNKNOWN', 'internal error');
     if (!(err instanceof RegistryError)) d.logger.error({ err }, 'admin API error');
-    return c.json(re.toBody(), re.status as 400);
+    return c.json(re.toBody(), re.status as 400, re.headers);
   });
   app.notFound(() => {
     throw new RegistryError('NOT_FOUND', 'no such admin endpoint');

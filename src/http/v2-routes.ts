@@ -3,11 +3,12 @@
 import { Hono } from 'hono';
 import { RegistryError } from '../errors.ts';
 import type { Metrics } from '../metrics.ts';
-import { parseAccept } from '../oci/media-types.ts';
+import { MT, parseAccept } from '../oci/media-types.ts';
+import { usableRange } from '../oci/range.ts';
 import type { BlobService } from '../pull-through/blob-service.ts';
 import type { ListingService } from '../pull-through/listing-service.ts';
 import type { ManifestService } from '../pull-through/manifest-service.ts';
-import type { RegistryRouter } from '../registry-router.ts';
+import type { RegistryRouter, V2Route } from '../registry-router.ts';
 import type { AppEnv } from './request-context.ts';
 import { respond } from './respond.ts';
 
@@ -20,6 +21,22 @@ export interface V2Deps {
 }
 
 const API_VERSION = { 'Docker-Distribution-API-Version': 'registry/2.0' };
+
+/**
+ * Route a path. A manifest reference that is neither a tag nor a digest names no manifest:
+ * 404 MANIFEST_UNKNOWN, as the Distribution registry and the OCI conformance suite have it,
+ * decided here without asking any upstream.
+ */
+function resolveRoute(router: RegistryRouter, rest: string, ns: string | undefined): V2Route {
+  try {
+    return router.resolve(rest, ns);
+  } catch (e) {
+    if (e instanceof RegistryError && (e.code === 'TAG_INVALID' || e.code === 'DIGEST_INVALID') && /\/manifests\/[^/]+$/.test(rest)) {
+      throw new RegistryError('MANIFEST_UNKNOWN', `manifest unknown: ${e.message}`);
+    }
+    throw e;
+  }
+}
 
 export function v2Routes(d: V2Deps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
@@ -38,7 +55,7 @@ export function v2Routes(d: V2Deps): Hono<AppEnv> {
       // Uploads, deletes, anything that writes: refused whatever the path.
       throw new RegistryError('UNSUPPORTED', `${method} is not supported: this is a read-only pull-through mirror`, { headers: { Allow: 'GET, HEAD' } });
     }
-    const route = d.router.resolve(rest, url.searchParams.get('ns') ?? undefined);
+    const route = resolveRoute(d.router, rest, url.searchParams.get('ns') ?? undefined);
     info.kind = route.kind;
     info.registry = route.registry;
     info.repository = route.repository;
@@ -75,7 +92,7 @@ export function v2Routes(d: V2Deps): Hono<AppEnv> {
           repository: route.repository,
           digest: route.reference,
           method,
-          range: c.req.header('range'),
+          range: usableRange(c.req.header('range')),
         });
         info.cache = b.cache;
         info.source = b.source;
@@ -93,13 +110,15 @@ export function v2Routes(d: V2Deps): Hono<AppEnv> {
         );
         info.cache = l.cache;
         d.metrics.cacheResults.inc({ kind: kindLabel, result: l.cache });
-        return respond(c, 200, { ...API_VERSION, ...l.headers, 'Content-Type': l.contentType, 'Content-Length': String(l.body.length) }, l.body);
+        // Our type, never the upstream's (which could be anything, e.g. text/html).
+        return respond(c, 200, { ...API_VERSION, ...l.headers, 'Content-Type': 'application/json', 'Content-Length': String(l.body.length) }, l.body);
       }
       case 'referrers': {
         const l = await d.listings.referrers(route.registry, route.repository, route.reference, url.searchParams.get('artifactType') ?? undefined, route.clientPath + '/' + route.reference);
         info.cache = l.cache;
         d.metrics.cacheResults.inc({ kind: kindLabel, result: l.cache });
-        return respond(c, 200, { ...API_VERSION, ...l.headers, 'Content-Type': l.contentType, 'Content-Length': String(l.body.length) }, l.body);
+        // The referrers API answers an image index (distribution-spec), whatever the upstream's type.
+        return respond(c, 200, { ...API_VERSION, ...l.headers, 'Content-Type': MT.ociIndex, 'Content-Length': String(l.body.length) }, l.body);
       }
     }
   });

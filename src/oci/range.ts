@@ -14,8 +14,8 @@ export type RangeResult =
   | { kind: 'invalid' };
 
 /**
- * Resolve a Range header against a known size. Unknown units or syntax -> invalid
- * (which callers may answer with a 416 or by ignoring it; we answer 416 with RANGE_INVALID).
+ * Resolve a Range header against a known size. Unknown units or syntax -> invalid; the HTTP
+ * layer drops such headers first (usableRange), so only an unsatisfiable range becomes a 416.
  */
 export function parseRange(header: string | undefined | null, size: number): RangeResult {
   if (header == null || header === '') return { kind: 'none' };
@@ -46,4 +46,14 @@ export function isRangeSyntaxValid(header: string): boolean {
   if (a === '' && b === '') return false;
   if (a !== '' && b !== '' && Number(b) < Number(a)) return false;
   return true;
+}
+
+/**
+ * The Range header to act on: a well-formed single byte range, else none. RFC 9110 section
+ * 14.2: a server ignores a Range it cannot use (`bytes=5-3`, other units, several ranges,
+ * garbage) and sends the whole body with 200; only a valid but unsatisfiable one gets 416.
+ */
+export function usableRange(header: string | undefined | null): string | undefined {
+  if (header == null || header === '') return undefined;
+  return isRangeSyntaxValid(header) ? header : undefined;
 }

@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { RegistryError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
 import type { CacheResult, Metrics } from '../metrics.ts';
-import { MAX_MANIFEST_BYTES, accepts, guessManifestMediaType, parseManifest, upstreamAccept } from '../oci/media-types.ts';
+import { MAX_MANIFEST_BYTES, MT, accepts, guessManifestMediaType, parseManifest, upstreamAccept } from '../oci/media-types.ts';
 import { isSha256Digest } from '../oci/reference.ts';
 import type { CacheIndex, ManifestMeta } from '../storage/cache-index.ts';
 import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
@@ -52,10 +52,25 @@ interface Fetched {
 
 const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
+const MANIFEST_TYPES: ReadonlySet<string> = new Set(Object.values(MT));
+
+/**
+ * The type a manifest is served with: what it says it is (its mediaType field), else the
+ * upstream's Content-Type when that names a manifest type, else its shape. Never an arbitrary
+ * upstream type (e.g. text/html), which would reach every client of the cache.
+ */
 function mediaTypeOf(res: UpstreamResponse, body: Buffer): string {
+  let declared: string | undefined;
+  try {
+    declared = parseManifest(body).mediaType;
+  } catch {
+    declared = undefined; // not a JSON object: judged by the rules below
+  }
+  if (declared !== undefined && MANIFEST_TYPES.has(declared)) return declared;
   const ct = res.headers['content-type']?.split(';')[0]?.trim().toLowerCase();
-  if (ct && ct.startsWith('application/') && ct !== 'application/json' && ct !== 'application/octet-stream') return ct;
-  return guessManifestMediaType(body);
+  if (ct && MANIFEST_TYPES.has(ct)) return ct;
+  const guessed = guessManifestMediaType(body);
+  return MANIFEST_TYPES.has(guessed) ? guessed : MT.ociManifest;
 }
 
 async function readCapped(res: UpstreamResponse, cap: number): Promise<Buffer> {
