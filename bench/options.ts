@@ -5,6 +5,15 @@ import { parseArgs } from 'node:util';
 
 export const SCENARIOS = ['cold-pull', 'herd', 'warm-throughput', 'manifest-load', 'peak-rss', 'startup'] as const;
 export type ScenarioId = (typeof SCENARIOS)[number];
+/** What runs without --scenarios: everything but the soak, which takes half an hour by itself. */
+export const DEFAULT_SCENARIOS: readonly ScenarioId[] = SCENARIOS;
+
+/**
+ * How herd and warm-throughput clients treat the body: `hash` verifies sha256 against the
+ * digest as containerd does (a mismatch fails the sample), `discard` is curl to /dev/null.
+ */
+export const CLIENT_MODES = ['hash', 'discard'] as const;
+export type ClientMode = (typeof CLIENT_MODES)[number];
 
 /** Layer sizes the upstream is seeded with, by name. */
 export const SIZE_BYTES = {
@@ -46,11 +55,18 @@ export interface BenchOptions {
   ocirelayBin: string | undefined;
   /** Include the multi-arch index in the cold pulls. */
   pullIndex: boolean;
+  /** Blob clients of herd and warm-throughput. */
+  client: ClientMode;
+  /** Length of the soak scenario. */
+  soakSeconds: number;
+  /** Seconds between RSS/fd samples in the soak. */
+  soakSampleSeconds: number;
 }
 
 export const USAGE = `usage: npm run bench -- [options]
 
-  --scenarios a,b    ${SCENARIOS.join(', ')} (default: all)
+  --scenarios a,b    ${SCENARIOS.join(', ')}
+                     (default: all but soak)
   --sizes a,b        layer sizes for cold-pull and warm-throughput: ${Object.keys(SIZE_BYTES).join(', ')}
                      (default 4m,256m,1g)
   --reps N           repetitions per contender and case (default 5)
@@ -60,6 +76,11 @@ export const USAGE = `usage: npm run bench -- [options]
   --warm-clients a,b concurrent clients in warm throughput (default 1,8)
   --load-seconds N   seconds of load per manifest measurement (default 5)
   --startup-blobs N  cached blobs for the start-up scenario (default 100000)
+  --client hash|discard  herd and warm-throughput clients: hash = node clients that check
+                     sha256 against the digest as containerd does (default); discard = curl
+                     to /dev/null (the figures before 2026-12)
+  --soak-seconds N   length of the soak scenario (default 1800)
+  --soak-sample-seconds N  RSS/fd sampling interval of the soak (default: soak/120, 1..5 s)
   --quick            a check in under two minutes: 1 rep, 4m+256m, herd of 16, 2 s loads, 20k blobs
   --smoke            seconds: 1 rep, 1 MiB layers, 200 blobs, 1 s loads (CI)
   --out-dir DIR      where results go (default bench/results)
@@ -97,6 +118,9 @@ export function parseBenchArgs(argv: string[], defaultOutDir: string): BenchOpti
       'warm-clients': { type: 'string' },
       'load-seconds': { type: 'string' },
       'startup-blobs': { type: 'string' },
+      client: { type: 'string' },
+      'soak-seconds': { type: 'string' },
+      'soak-sample-seconds': { type: 'string' },
       quick: { type: 'boolean' },
       smoke: { type: 'boolean' },
       'out-dir': { type: 'string' },
@@ -109,19 +133,22 @@ export function parseBenchArgs(argv: string[], defaultOutDir: string): BenchOpti
   if (values.quick && values.smoke) throw new Error('--quick and --smoke exclude each other');
   const mode: Mode = values.smoke ? 'smoke' : values.quick ? 'quick' : 'full';
 
-  const preset: Omit<BenchOptions, 'scenarios' | 'outDir' | 'ocirelayNodeArgs' | 'ocirelayBin'> =
+  const preset: Omit<BenchOptions, 'scenarios' | 'outDir' | 'ocirelayNodeArgs' | 'ocirelayBin' | 'client' | 'soakSeconds' | 'soakSampleSeconds'> =
     mode === 'smoke'
       ? { mode, reps: 1, repsLarge: 1, sizes: ['1m'], herdSize: '1m', herdClients: [4], warmClients: [1, 4], loadSeconds: 1, loadConnections: 16, startupBlobs: 200, pullIndex: true }
       : mode === 'quick'
         ? { mode, reps: 1, repsLarge: 1, sizes: ['4m', '256m'], herdSize: '256m', herdClients: [16], warmClients: [1, 8], loadSeconds: 2, loadConnections: 64, startupBlobs: 20_000, pullIndex: false }
         : { mode, reps: 5, repsLarge: 5, sizes: ['4m', '256m', '1g'], herdSize: '256m', herdClients: [16, 32], warmClients: [1, 8], loadSeconds: 5, loadConnections: 64, startupBlobs: 100_000, pullIndex: true };
 
-  const scenarios = (list(values.scenarios) ?? [...SCENARIOS]).map((s) => {
+  const scenarios = (list(values.scenarios) ?? [...DEFAULT_SCENARIOS]).map((s) => {
     if (!(SCENARIOS as readonly string[]).includes(s)) throw new Error(`unknown scenario "${s}" (have: ${SCENARIOS.join(', ')})`);
     return s as ScenarioId;
   });
   const reps = positiveInt('reps', values.reps) ?? preset.reps;
   const outDir = values['out-dir'] ?? defaultOutDir;
+  const client = values.client ?? 'hash';
+  if (!(CLIENT_MODES as readonly string[]).includes(client)) throw new Error(`--client: expected ${CLIENT_MODES.join(' or ')}, got "${client}"`);
+  const soakSeconds = positiveInt('soak-seconds', values['soak-seconds']) ?? 1800;
   return {
     ...preset,
     scenarios,
@@ -136,6 +163,9 @@ export function parseBenchArgs(argv: string[], defaultOutDir: string): BenchOpti
     outDir,
     ocirelayNodeArgs: (values['node-args'] ?? '').split(/\s+/).filter(Boolean),
     ocirelayBin: values['ocirelay-root'] !== undefined ? path.resolve(values['ocirelay-root'], 'bin', 'ocirelay.js') : undefined,
+    client: client as ClientMode,
+    soakSeconds,
+    soakSampleSeconds: positiveInt('soak-sample-seconds', values['soak-sample-seconds']) ?? Math.min(5, Math.max(1, Math.round(soakSeconds / 120))),
   };
 }
 

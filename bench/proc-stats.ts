@@ -1,7 +1,8 @@
 // What the kernel knows about a process we started: peak resident memory (VmHWM, which
 // `echo 5 > /proc/PID/clear_refs` resets to the current RSS so each measurement has its own
-// peak) and bytes it wrote (/proc/PID/io wchar, which counts sendfile too).
-import { readFile, writeFile } from 'node:fs/promises';
+// peak), current RSS and open fds (the soak), bytes it wrote (/proc/PID/io wchar, which counts
+// sendfile too) and CPU seconds, also of a whole process tree (nginx's master and workers).
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 
 async function statusField(pid: number, field: string): Promise<number | undefined> {
   try {
@@ -32,6 +33,15 @@ export async function resetPeakRss(pid: number): Promise<boolean> {
   }
 }
 
+/** Open file descriptors of the process (entries of /proc/PID/fd). */
+export async function openFds(pid: number): Promise<number | undefined> {
+  try {
+    return (await readdir(`/proc/${pid}/fd`)).length;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Bytes the process has passed to write(2)/sendfile(2) and friends so far. */
 export async function writtenBytes(pid: number): Promise<number | undefined> {
   try {
@@ -55,6 +65,51 @@ export async function cpuSeconds(pid: number): Promise<number | undefined> {
   } catch {
     return undefined;
   }
+}
+
+/** The parent PID from /proc/PID/stat, undefined when the process is gone. */
+async function parentPid(pid: number): Promise<number | undefined> {
+  try {
+    const text = await readFile(`/proc/${pid}/stat`, 'utf8');
+    return Number(text.slice(text.lastIndexOf(')') + 2).split(' ')[1]);
+  } catch {
+    return undefined;
+  }
+}
+
+/** `pid` and every process below it (nginx's workers under its master), by scanning /proc. */
+export async function processTree(pid: number): Promise<number[]> {
+  const children = new Map<number, number[]>();
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const child = Number(name);
+    const parent = await parentPid(child);
+    if (parent === undefined) continue;
+    let list = children.get(parent);
+    if (!list) children.set(parent, (list = []));
+    list.push(child);
+  }
+  const out: number[] = [];
+  const queue = [pid];
+  for (let p = queue.shift(); p !== undefined; p = queue.shift()) {
+    out.push(p);
+    queue.push(...(children.get(p) ?? []));
+  }
+  return out;
+}
+
+/**
+ * User + system CPU seconds of the processes in `pids` together (a server's processTree(),
+ * taken before the sample and read before and after it); undefined when one of them is gone.
+ */
+export async function cpuSecondsOf(pids: readonly number[]): Promise<number | undefined> {
+  let total = 0;
+  for (const p of pids) {
+    const s = await cpuSeconds(p);
+    if (s === undefined) return undefined;
+    total += s;
+  }
+  return total;
 }
 
 /** USER_HZ: 100 on every Linux this runs on (getconf CLK_TCK). */

@@ -190,9 +190,9 @@ function esc(s: string): string {
 
 /** Key metrics shown per scenario in the detail tables. */
 const DETAIL_METRICS: Record<ScenarioId, string[]> = {
-  'cold-pull': ['seconds', 'upstreamBytes', 'proxyCpuS'],
-  herd: ['wallS', 'ttfbP50S', 'ttfbMaxS', 'upstreamGets', 'upstreamRatio', 'peakRss', 'proxyCpuS'],
-  'warm-throughput': ['throughput', 'peakRss', 'serverCpuS'],
+  'cold-pull': ['seconds', 'proxyCpuS', 'proxyCpuSPerGiB', 'upstreamBytes'],
+  herd: ['wallS', 'proxyCpuS', 'proxyCpuSPerGiB', 'ttfbP50S', 'ttfbMaxS', 'upstreamGets', 'upstreamRatio', 'peakRss'],
+  'warm-throughput': ['throughput', 'wallS', 'serverCpuS', 'serverCpuSPerGiB', 'peakRss'],
   'manifest-load': ['rps', 'p50Ms', 'p99Ms', 'errors', 'serverCpuS'],
   'peak-rss': ['peakRss'],
   startup: ['readyzS', 'readyLogS', 'internalStartupS', 'cachedBlobs'],
@@ -270,18 +270,25 @@ function groupsFor(r: ScenarioResult, metric: string, contenders: Contender[]): 
   }));
 }
 
+/** 'hash' or 'discard' clients, as recorded in the result (older results: curl discarding). */
+function clientsOf(r: ScenarioResult): string {
+  return r.params.clientMode === 'hash' ? 'sha256-checking clients' : 'curl, body to /dev/null';
+}
+
 export function throughputChart(r: ScenarioResult): string {
   const panels: Panel[] = [
     { title: 'Warm blob throughput (higher is better)', unit: 'GB/s', scale: 1e9, groups: groupsFor(r, 'throughput', ['ocirelay', 'distribution-proxy', 'nginx']) },
+    { title: 'Server CPU-seconds per GiB served (lower is better)', unit: 'CPU-s/GiB', groups: groupsFor(r, 'serverCpuSPerGiB', ['ocirelay', 'distribution-proxy', 'nginx']) },
   ];
-  return barChartSvg(panels, `${r.date} ${r.mode}: bars are medians, whiskers min–max over repetitions; curl clients, body to /dev/null.`);
+  return barChartSvg(panels, `${r.date} ${r.mode}: bars are medians, whiskers min–max over repetitions; clients: ${clientsOf(r)}.`);
 }
 
 export function herdChart(r: ScenarioResult): string {
   const contenders: Contender[] = ['ocirelay', 'distribution-proxy'];
   const panels: Panel[] = [
     { title: 'Herd: wall time until every client has the blob (lower is better)', unit: 's', groups: groupsFor(r, 'wallS', contenders) },
+    { title: 'Herd: proxy CPU-seconds per GiB served (lower is better)', unit: 'CPU-s/GiB', groups: groupsFor(r, 'proxyCpuSPerGiB', contenders) },
     { title: 'Herd: bytes the upstream sent / blob size (lower is better)', unit: 'x blob size', groups: groupsFor(r, 'upstreamRatio', contenders), refLine: { value: 1, label: 'exactly once' } },
   ];
-  return barChartSvg(panels, `${r.date} ${r.mode}: ${String((r.params.blob as { size?: number } | undefined)?.size ?? '')} byte blob; bars are medians, whiskers min–max.`);
+  return barChartSvg(panels, `${r.date} ${r.mode}: ${String((r.params.blob as { size?: number } | undefined)?.size ?? '')} byte blob; bars are medians, whiskers min–max; ${clientsOf(r)}.`);
 }

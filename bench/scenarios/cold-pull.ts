@@ -25,6 +25,7 @@ export async function coldPull(env: BenchEnv): Promise<ScenarioResult> {
       upstreamBytes: { unit: 'bytes', better: 'lower', description: 'body bytes the upstream sent during the pull (its access log), background fetches included' },
       upstreamGets: { unit: '', better: 'lower', description: 'GET requests the upstream answered during the pull' },
       proxyCpuS: { unit: 's', better: 'lower', description: 'CPU seconds the proxy process used during the pull' },
+      proxyCpuSPerGiB: { unit: 's/GiB', better: 'lower', description: 'proxyCpuS / GiB of the image (manifests and blobs skopeo received)' },
     },
     { cases: cases.map((c) => ({ case: c.name, repo: c.image.repo, pullBytes: c.image.pullBytes, reps: c.reps })), contenders: CONTENDERS, client: 'skopeo copy docker://... oci:DIR (plain HTTP)' },
   );
@@ -70,7 +71,7 @@ export async function coldPull(env: BenchEnv): Promise<ScenarioResult> {
                 seconds,
                 upstreamBytes: t.totalBytes,
                 upstreamGets: t.requests.GET ?? 0,
-                ...(cpu0 !== undefined && cpu1 !== undefined ? { proxyCpuS: cpu1 - cpu0 } : {}),
+                ...(cpu0 !== undefined && cpu1 !== undefined ? { proxyCpuS: cpu1 - cpu0, proxyCpuSPerGiB: (cpu1 - cpu0) / (c.image.pullBytes / 2 ** 30) } : {}),
               },
               detail: { upstreamRequests: t.requests },
             };

@@ -1,8 +1,9 @@
 // b. Herd: N clients ask a cold proxy for one big blob at the same moment. Measured: wall time
 // until the last client has every byte, first-byte times, and what the upstream sent (at the
-// upstream, after it went quiet), plus the proxy's peak RSS (e) and CPU.
+// upstream, after it went quiet), plus the proxy's peak RSS (e) and CPU (also per GiB served).
+// The clients hash what they receive (--client hash, the default) or discard it (curl).
 import type { BenchEnv, Endpoint } from '../bench-env.ts';
-import { concurrentGets } from '../load-clients.ts';
+import { clientDescription, concurrentBlobGets } from '../hash-clients.ts';
 import { repsFor } from '../options.ts';
 import { warmPageCache } from '../page-cache.ts';
 import { cpuSeconds, peakRss } from '../proc-stats.ts';
@@ -30,8 +31,9 @@ export async function herd(env: BenchEnv): Promise<ScenarioResult> {
       upstreamGets: { unit: '', better: 'lower', description: 'GETs of the blob the upstream answered' },
       peakRss: { unit: 'bytes', better: 'lower', description: 'peak RSS (VmHWM) of the proxy process, fresh for this repetition' },
       proxyCpuS: { unit: 's', better: 'lower', description: 'CPU seconds of the proxy process during the herd' },
+      proxyCpuSPerGiB: { unit: 's/GiB', better: 'lower', description: 'proxyCpuS / GiB the clients received' },
     },
-    { blob: { repo: img.repo, digest: blob.digest, size: blob.size }, clients: o.herdClients, reps, contenders: CONTENDERS, client: 'curl, one process per client' },
+    { blob: { repo: img.repo, digest: blob.digest, size: blob.size }, clients: o.herdClients, reps, contenders: CONTENDERS, client: clientDescription(o.client), clientMode: o.client },
   );
   for (const clients of o.herdClients) {
     const name = `${clients} clients`;
@@ -56,7 +58,7 @@ export async function herd(env: BenchEnv): Promise<ScenarioResult> {
             await env.meter.waitQuiet(300);
             const mark = await env.meter.mark();
             const cpu0 = await cpuSeconds(ep.pid);
-            const r = await concurrentGets(`${ep.url}/v2/${img.repo}/blobs/${blob.digest}`, clients, { expectBytes: blob.size, timeoutMs: 900_000 });
+            const r = await concurrentBlobGets(o.client, `${ep.url}/v2/${img.repo}/blobs/${blob.digest}`, clients, { expectDigest: blob.digest, expectBytes: blob.size, timeoutMs: 900_000 });
             const cpu1 = await cpuSeconds(ep.pid);
             const rss = await peakRss(ep.pid);
             await env.meter.waitQuiet(600);
@@ -71,7 +73,7 @@ export async function herd(env: BenchEnv): Promise<ScenarioResult> {
                 upstreamRatio: t.blobBytes / blob.size,
                 upstreamGets: t.blobGets,
                 ...(rss !== undefined ? { peakRss: rss } : {}),
-                ...(cpu0 !== undefined && cpu1 !== undefined ? { proxyCpuS: cpu1 - cpu0 } : {}),
+                ...(cpu0 !== undefined && cpu1 !== undefined ? { proxyCpuS: cpu1 - cpu0, proxyCpuSPerGiB: (cpu1 - cpu0) / (r.bytes / 2 ** 30) } : {}),
               },
               detail: { upstreamRequests: t.requests, clientSeconds: r.clients.map((c) => Number(c.totalS.toFixed(3))) },
             };

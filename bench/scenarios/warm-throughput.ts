@@ -1,13 +1,15 @@
 // c. Warm blob throughput: 1 and 8 concurrent clients downloading a blob every contender
 // already holds (ocirelay and the Distribution proxy primed; nginx sendfile as the ceiling).
 // Each client downloads the blob several times on one connection so that every sample moves
-// at least ~1 GiB per client and process start-up is noise. Also peak RSS (e) and CPU.
+// at least ~1 GiB per client and process start-up is noise. Also peak RSS (e) and the server's
+// CPU (nginx: master and workers) in total and per GiB served. The clients hash what they
+// receive (--client hash, the default) or discard it (curl).
 import path from 'node:path';
 import type { BenchEnv } from '../bench-env.ts';
-import { concurrentGets } from '../load-clients.ts';
+import { clientDescription, concurrentBlobGets } from '../hash-clients.ts';
 import { SIZE_BYTES, repsFor, type SizeName } from '../options.ts';
 import { warmPageCache } from '../page-cache.ts';
-import { cpuSeconds, peakRss, resetPeakRss } from '../proc-stats.ts';
+import { cpuSecondsOf, peakRss, processTree, resetPeakRss } from '../proc-stats.ts';
 import { upstreamBlobFile } from '../seed.ts';
 import { ScenarioRecorder, type Contender, type ScenarioResult } from '../results-model.ts';
 
@@ -31,9 +33,10 @@ export async function warmThroughput(env: BenchEnv): Promise<ScenarioResult> {
       throughput: { unit: 'B/s', better: 'higher', description: 'body bytes all clients received / wall time' },
       wallS: { unit: 's', better: 'lower', description: 'wall time of the sample' },
       peakRss: { unit: 'bytes', better: 'lower', description: 'peak RSS (VmHWM, reset before the sample) of the serving process' },
-      serverCpuS: { unit: 's', better: 'lower', description: 'CPU seconds of the serving process (nginx: master only, not counted)' },
+      serverCpuS: { unit: 's', better: 'lower', description: 'CPU seconds of the serving process (nginx: master and workers)' },
+      serverCpuSPerGiB: { unit: 's/GiB', better: 'lower', description: 'serverCpuS / GiB the clients received' },
     },
-    { sizes, clients: o.warmClients, contenders: CONTENDERS, client: 'curl, one process per client, body to /dev/null' },
+    { sizes, clients: o.warmClients, contenders: CONTENDERS, client: clientDescription(o.client), clientMode: o.client },
   );
   for (const size of sizes) {
     const img = env.image(size);
@@ -46,27 +49,29 @@ export async function warmThroughput(env: BenchEnv): Promise<ScenarioResult> {
           const hex = img.layer.digest.replace(/^sha256:/, '');
           const target = () => {
             if (contender === 'ocirelay')
-              return { url: `${warm.ocirelay.url}/v2/${img.repo}/blobs/${img.layer.digest}`, pid: warm.ocirelay.pid, file: path.join(warm.ocirelay.dataDir, 'blobs', 'sha256', hex.slice(0, 2), hex) };
+              return { url: `${warm.ocirelay.url}/v2/${img.repo}/blobs/${img.layer.digest}`, pid: warm.ocirelay.pid, cpuRoot: warm.ocirelay.pid, file: path.join(warm.ocirelay.dataDir, 'blobs', 'sha256', hex.slice(0, 2), hex) };
             if (contender === 'distribution-proxy')
-              return { url: `${warm.proxy.url}/v2/${img.repo}/blobs/${img.layer.digest}`, pid: warm.proxy.pid, file: warm.proxy.blobFile(img.layer.digest) };
-            return { url: warm.nginxUrls[size] as string, pid: undefined, file: upstreamBlobFile(env.upstream, img.layer.digest) };
+              return { url: `${warm.proxy.url}/v2/${img.repo}/blobs/${img.layer.digest}`, pid: warm.proxy.pid, cpuRoot: warm.proxy.pid, file: warm.proxy.blobFile(img.layer.digest) };
+            // nginx: no RSS (the master's says nothing), CPU of the master and its workers.
+            return { url: warm.nginxUrls[size] as string, pid: undefined, cpuRoot: warm.nginx.process.pid, file: upstreamBlobFile(env.upstream, img.layer.digest) };
           };
-          const { url, pid, file } = target();
+          const { url, pid, cpuRoot, file } = target();
+          const cpuPids = await processTree(cpuRoot);
           await warmPageCache([file]);
           const ok = await rec.measure({ case: name, contender, rep }, async () => {
             if (pid !== undefined) await resetPeakRss(pid);
-            const cpu0 = pid !== undefined ? await cpuSeconds(pid) : undefined;
-            const r = await concurrentGets(url, clients, { expectBytes: img.layer.size, repeat, timeoutMs: 900_000 });
-            const cpu1 = pid !== undefined ? await cpuSeconds(pid) : undefined;
+            const cpu0 = await cpuSecondsOf(cpuPids);
+            const r = await concurrentBlobGets(o.client, url, clients, { expectDigest: img.layer.digest, expectBytes: img.layer.size, repeat, timeoutMs: 900_000 });
+            const cpu1 = await cpuSecondsOf(cpuPids);
             const rss = pid !== undefined ? await peakRss(pid) : undefined;
             return {
               values: {
                 throughput: r.bytes / r.wallS,
                 wallS: r.wallS,
                 ...(rss !== undefined ? { peakRss: rss } : {}),
-                ...(cpu0 !== undefined && cpu1 !== undefined ? { serverCpuS: cpu1 - cpu0 } : {}),
+                ...(cpu0 !== undefined && cpu1 !== undefined ? { serverCpuS: cpu1 - cpu0, serverCpuSPerGiB: (cpu1 - cpu0) / (r.bytes / 2 ** 30) } : {}),
               },
-              detail: { bytes: r.bytes, downloadsPerClient: repeat },
+              detail: { bytes: r.bytes, downloadsPerClient: repeat, cpuPids },
             };
           });
           if (!ok && (contender === 'ocirelay' || contender === 'distribution-proxy')) rec.note(await env.recoverWarm(contender));
