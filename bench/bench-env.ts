@@ -9,7 +9,7 @@ import { startDistributionProxy, type DistributionProxy } from './distribution-p
 import { concurrentGets, curlGet } from './load-clients.ts';
 import { startNginx, type NginxServer } from './nginx-server.ts';
 import { OcirelayLauncher, type RunningOcirelay } from './ocirelay-launcher.ts';
-import type { BenchOptions, SizeName } from './options.ts';
+import { soakWarmSize, type BenchOptions, type SizeName } from './options.ts';
 import { seedUpstream, upstreamBlobFile, type SeededImage, type SeededSet } from './seed.ts';
 import { UpstreamMeter } from './upstream-meter.ts';
 import { progress } from './progress.ts';
@@ -57,6 +57,7 @@ export class BenchEnv {
       if (has('cold-pull') || has('warm-throughput') || has('peak-rss')) for (const s of options.sizes) sizes.add(s);
       if (has('herd') || has('peak-rss')) sizes.add(options.herdSize);
       if (has('manifest-load')) sizes.add(options.sizes[0] ?? '4m');
+      if (has('soak')) sizes.add(soakWarmSize(options.mode));
       const index = has('cold-pull') && options.pullIndex ? (options.mode === 'smoke' ? '1m' : '4m') : undefined;
       progress(`seeding upstream ${upstream.url} with layers ${[...sizes].join(', ') || '(none)'}${index ? ' and a multi-arch index' : ''}`);
       const seeded = await seedUpstream(upstream, [...sizes], index);
@@ -84,11 +85,14 @@ export class BenchEnv {
     return once;
   }
 
-  /** A fresh ocirelay with an empty data dir (cold). Its stop() also removes the data dir. */
-  async coldOcirelay(): Promise<RunningOcirelay> {
+  /**
+   * A fresh ocirelay with an empty data dir (cold). Its stop() also removes the data dir.
+   * `extraConfig`: more config sections (the soak's small cache budget).
+   */
+  async coldOcirelay(extraConfig?: Record<string, unknown>): Promise<RunningOcirelay> {
     const dir = path.join(this.workDir, `ocirelay-${++this.counter}`);
     await mkdir(dir, { recursive: true });
-    const r = await this.launcher.start({ dir, upstreamUrl: this.upstream.url, logLevel: 'warn', nodeArgs: this.options.ocirelayNodeArgs });
+    const r = await this.launcher.start({ dir, upstreamUrl: this.upstream.url, logLevel: 'warn', nodeArgs: this.options.ocirelayNodeArgs, ...(extraConfig ? { extraConfig } : {}) });
     const stop = this.track(async () => {
       await r.stop();
       await rm(dir, { recursive: true, force: true });

@@ -26,6 +26,8 @@ export interface OcirelayStartOptions {
   logLevel: 'info' | 'warn' | 'error';
   nodeArgs?: readonly string[];
   startTimeoutMs?: number;
+  /** More top-level config sections, e.g. `cache: {maxBytes}` for the soak's evictions. */
+  extraConfig?: Record<string, unknown>;
 }
 
 export interface RunningOcirelay {
@@ -84,6 +86,7 @@ export class OcirelayLauncher {
       dataDir,
       registries: { 'docker.io': { url: o.upstreamUrl, tagTTL: '5m' } },
       log: { level: o.logLevel },
+      ...o.extraConfig,
     };
     if (withAdmin) config.admin = { listen: `127.0.0.1:${await freePort()}` };
     const cfgFile = path.join(o.dir, 'ocirelay.yaml');

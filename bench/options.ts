@@ -3,10 +3,10 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 
-export const SCENARIOS = ['cold-pull', 'herd', 'warm-throughput', 'manifest-load', 'peak-rss', 'startup'] as const;
+export const SCENARIOS = ['cold-pull', 'herd', 'warm-throughput', 'manifest-load', 'peak-rss', 'startup', 'soak'] as const;
 export type ScenarioId = (typeof SCENARIOS)[number];
 /** What runs without --scenarios: everything but the soak, which takes half an hour by itself. */
-export const DEFAULT_SCENARIOS: readonly ScenarioId[] = SCENARIOS;
+export const DEFAULT_SCENARIOS: readonly ScenarioId[] = SCENARIOS.filter((s) => s !== 'soak');
 
 /**
  * How herd and warm-throughput clients treat the body: `hash` verifies sha256 against the
@@ -167,6 +167,11 @@ export function parseBenchArgs(argv: string[], defaultOutDir: string): BenchOpti
     soakSeconds,
     soakSampleSeconds: positiveInt('soak-sample-seconds', values['soak-sample-seconds']) ?? Math.min(5, Math.max(1, Math.round(soakSeconds / 120))),
   };
+}
+
+/** The cached blob the soak's warm clients fetch again and again. */
+export function soakWarmSize(mode: Mode): SizeName {
+  return mode === 'smoke' ? '1m' : '64m';
 }
 
 /** Repetitions for a case that involves `size`. */

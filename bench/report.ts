@@ -4,12 +4,15 @@ import type { MachineInfo } from './machine-info.ts';
 import type { ScenarioId } from './options.ts';
 import { findSummary, formatValue, type Contender, type ScenarioResult } from './results-model.ts';
 import type { Summary } from './stats.ts';
+import { FD_TOLERANCE, RSS_TOLERANCE } from './scenarios/soak.ts';
 import { barChartSvg, type BarGroup, type Panel } from './svg-chart.ts';
+import { lineChartSvg, type LinePanel } from './svg-line-chart.ts';
+import type { Trend } from './trend.ts';
 
 export type Results = Partial<Record<ScenarioId, ScenarioResult>>;
 
 export interface TargetCheck {
-  /** Issue 4's letter: a..f. */
+  /** Issue 4's letter: a..f; g for the soak (issue 9). */
   id: string;
   scenario: ScenarioId;
   case: string;
@@ -177,7 +180,46 @@ export function evaluateTargets(res: Results): TargetCheck[] {
       });
     }
   }
+  const g = res.soak;
+  if (g) out.push(...soakChecks(g));
   return out;
+}
+
+/** g: the soak's RSS and fds stayed flat, and every request was answered correctly. */
+function soakChecks(g: ScenarioResult): TargetCheck[] {
+  const trend = g.samples.find((s) => s.case === 'trend')?.values;
+  const totals = g.samples.find((s) => s.case === 'totals')?.values;
+  const rss = (metric: string) => cell(findSummary(g, 'timeline', 'ocirelay', metric), metric === 'rssBytes' ? 'bytes' : '');
+  const base = { id: 'g', scenario: 'soak' as const, case: `${String(g.params.seconds)} s mixed load`, reference: '—' };
+  return [
+    {
+      ...base,
+      measure: 'RSS: fitted rise over the last half',
+      ocirelay: rss('rssBytes'),
+      value: trend?.rssLastHalfRise,
+      valueText: trend?.rssLastHalfRise !== undefined ? `${trend.rssLastHalfRise >= 0 ? '+' : ''}${(trend.rssLastHalfRise / 1e6).toFixed(1)} MB` : '—',
+      target: `flat (<= max(${RSS_TOLERANCE.absolute / 1e6} MB, ${RSS_TOLERANCE.relative * 100}%))`,
+      met: trend ? trend.rssFlat === 1 : false,
+    },
+    {
+      ...base,
+      measure: 'open fds: fitted rise over the last half',
+      ocirelay: rss('fds'),
+      value: trend?.fdsLastHalfRise,
+      valueText: trend?.fdsLastHalfRise !== undefined ? `${trend.fdsLastHalfRise >= 0 ? '+' : ''}${trend.fdsLastHalfRise.toFixed(1)}` : '—',
+      target: `flat (<= max(${FD_TOLERANCE.absolute}, ${FD_TOLERANCE.relative * 100}%))`,
+      met: trend ? trend.fdsFlat === 1 : false,
+    },
+    {
+      ...base,
+      measure: 'requests answered wrongly or failed; process alive and ready after',
+      ocirelay: totals ? `${totals.coldPulls} cold pulls, ${totals.warmGets} warm GETs, ${totals.manifestGets} manifest GETs, ${totals.disconnects} hang-ups` : '—',
+      value: totals?.errors,
+      valueText: totals ? `${totals.errors} errors, ${totals.alive === 1 ? 'alive' : 'NOT alive'}` : 'not measured',
+      target: '0 errors, alive',
+      met: totals ? totals.errors === 0 && totals.alive === 1 : false,
+    },
+  ];
 }
 
 function verdict(m: boolean | undefined): string {
@@ -196,6 +238,7 @@ const DETAIL_METRICS: Record<ScenarioId, string[]> = {
   'manifest-load': ['rps', 'p50Ms', 'p99Ms', 'errors', 'serverCpuS'],
   'peak-rss': ['peakRss'],
   startup: ['readyzS', 'readyLogS', 'internalStartupS', 'cachedBlobs'],
+  soak: ['rssBytes', 'fds', 'cpuS', 'coldPulls', 'warmGets', 'manifestGets', 'disconnects', 'errors', 'alive', 'rssLastHalfRise', 'fdsLastHalfRise'],
 };
 
 function detailTable(r: ScenarioResult): string {
@@ -291,4 +334,30 @@ export function herdChart(r: ScenarioResult): string {
     { title: 'Herd: bytes the upstream sent / blob size (lower is better)', unit: 'x blob size', groups: groupsFor(r, 'upstreamRatio', contenders), refLine: { value: 1, label: 'exactly once' } },
   ];
   return barChartSvg(panels, `${r.date} ${r.mode}: ${String((r.params.blob as { size?: number } | undefined)?.size ?? '')} byte blob; bars are medians, whiskers min–max; ${clientsOf(r)}.`);
+}
+
+/** RSS and fds over the soak, with the fitted first- and last-half trend lines. */
+export function soakChart(r: ScenarioResult): string {
+  const timeline = r.samples.filter((s) => s.case === 'timeline');
+  const detail = r.samples.find((s) => s.case === 'trend')?.detail as { rss?: Trend; fds?: Trend } | undefined;
+  const series = (metric: string, scale: number) => timeline.map((s) => ({ t: s.values.tS ?? NaN, v: (s.values[metric] ?? NaN) / scale }));
+  const fits = (points: Array<{ t: number; v: number }>, trend: Trend | undefined, scale: number): LinePanel['fits'] => {
+    if (!trend || points.length < 2) return [];
+    const t0 = points[0]?.t ?? 0;
+    const t1 = points[points.length - 1]?.t ?? 0;
+    const mid = (t0 + t1) / 2;
+    const seg = (from: number, to: number, median: number, slope: number, label: string) => {
+      // Anchored at the half's median in its middle: shows the slope, not the exact intercept.
+      const c = (from + to) / 2;
+      return { from: { t: from, v: (median + slope * (from - c)) / scale }, to: { t: to, v: (median + slope * (to - c)) / scale }, label };
+    };
+    return [seg(t0, mid, trend.firstHalfMedian, trend.firstHalfSlope, 'first-half trend'), seg(mid, t1, trend.lastHalfMedian, trend.lastHalfSlope, 'last-half trend')];
+  };
+  const rssPoints = series('rssBytes', 2 ** 20);
+  const fdPoints = series('fds', 1);
+  const panels: LinePanel[] = [
+    { title: 'ocirelay RSS (VmRSS) under mixed load', unit: 'MiB', points: rssPoints, fits: fits(rssPoints, detail?.rss, 2 ** 20) },
+    { title: 'ocirelay open file descriptors', unit: 'fds', points: fdPoints, fits: fits(fdPoints, detail?.fds, 1) },
+  ];
+  return lineChartSvg(panels, `${r.date} ${r.mode}: ${String(r.params.seconds)} s soak, a sample every ${String(r.params.sampleSeconds)} s; dashed: fitted trend of each half.`);
 }

@@ -144,6 +144,10 @@ export function formatValue(v: number, unit: string): string {
       return `${Math.round(v)} req/s`;
     case 'x':
       return `${v.toFixed(2)}x`;
+    case 'B/min':
+      return `${(v / 1e6).toFixed(2)} MB/min`;
+    case '/min':
+      return `${v.toFixed(2)}/min`;
     default:
       return `${Number.isInteger(v) ? v : v.toFixed(2)}${unit ? ` ${unit}` : ''}`;
   }

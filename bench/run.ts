@@ -8,12 +8,13 @@ import { requireBinary } from '../test/fixtures/processes.ts';
 import { BenchEnv } from './bench-env.ts';
 import { machineInfo } from './machine-info.ts';
 import { SCENARIOS, USAGE, parseBenchArgs, type BenchOptions, type ScenarioId } from './options.ts';
-import { evaluateTargets, herdChart, renderMarkdown, throughputChart, type Results } from './report.ts';
+import { evaluateTargets, herdChart, renderMarkdown, soakChart, throughputChart, type Results } from './report.ts';
 import type { ScenarioResult } from './results-model.ts';
 import { coldPull } from './scenarios/cold-pull.ts';
 import { herd } from './scenarios/herd.ts';
 import { manifestLoad } from './scenarios/manifest-load.ts';
 import { peakRssFrom } from './scenarios/peak-rss.ts';
+import { soak } from './scenarios/soak.ts';
 import { startup } from './scenarios/startup.ts';
 import { warmThroughput } from './scenarios/warm-throughput.ts';
 import { progress } from './progress.ts';
@@ -26,6 +27,7 @@ const RUNNERS: Record<Exclude<ScenarioId, 'peak-rss'>, (env: BenchEnv) => Promis
   'warm-throughput': warmThroughput,
   'manifest-load': manifestLoad,
   startup,
+  soak,
 };
 
 /** The selected scenarios in canonical order; peak-rss needs herd and warm-throughput. */
@@ -117,6 +119,10 @@ export async function main(argv: string[]): Promise<number> {
   if (results['warm-throughput']) {
     charts['warm-throughput'] = `${date}-warm-throughput.svg`;
     await writeFile(path.join(opts.outDir, charts['warm-throughput']), throughputChart(results['warm-throughput']));
+  }
+  if (results.soak) {
+    charts.soak = `${date}-soak.svg`;
+    await writeFile(path.join(opts.outDir, charts.soak), soakChart(results.soak));
   }
   if (results.herd) {
     charts.herd = `${date}-herd.svg`;
