@@ -1,17 +1,24 @@
 // The benchmark harness end to end on tiny images (`bench/run.ts --smoke`): every scenario runs
 // against real processes (Distribution upstream and proxy, ocirelay, nginx, curl, wrk, skopeo)
-// and writes well-formed results into a temp dir. Plus the pure parts (options, stats, wrk parsing).
+// and writes well-formed results into a temp dir. Plus the parts that need no fixture: the hashing
+// blob clients (a wrong digest fails), the soak's trend test, options, stats, wrk parsing.
+// The soak itself is not run here (it is not a CI scenario).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { concurrentHashGets } from '../bench/hash-clients.ts';
 import { parseWrk } from '../bench/load-clients.ts';
-import { parseBenchArgs, SCENARIOS } from '../bench/options.ts';
+import { DEFAULT_SCENARIOS, parseBenchArgs } from '../bench/options.ts';
 import type { ScenarioResult } from '../bench/results-model.ts';
 import { summarize } from '../bench/stats.ts';
+import { trendOf } from '../bench/trend.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const RUN = path.join(ROOT, 'bench', 'run.ts');
@@ -48,8 +55,9 @@ test('bench --smoke runs every scenario end to end and writes JSON, Markdown and
   assert.equal(r.code, 0, `bench exited ${r.code}\n${r.stderr}`);
   const files = await readdir(out);
 
-  // One JSON per scenario, every raw sample in it.
-  for (const scenario of SCENARIOS) {
+  // One JSON per scenario of the default run (all but the soak), every raw sample in it.
+  assert.ok(!files.some((f) => f.endsWith('-soak.json')), 'the soak ran without being asked for');
+  for (const scenario of DEFAULT_SCENARIOS) {
     const file = files.find((f) => new RegExp(`^\\d{4}-\\d{2}-\\d{2}-${scenario}\\.json$`).test(f));
     assert.ok(file, `no JSON for ${scenario} in ${files.join(', ')}`);
     const result = JSON.parse(await readFile(path.join(out, file), 'utf8')) as ScenarioResult & { machine: { cpuModel: string; cores: number } };
@@ -84,6 +92,17 @@ test('bench --smoke runs every scenario end to end and writes JSON, Markdown and
   const herd = JSON.parse(await readFile(path.join(out, herdFile), 'utf8')) as ScenarioResult;
   for (const s of herd.samples.filter((x) => x.contender === 'ocirelay')) assert.equal(s.values.upstreamRatio, 1);
 
+  // Hashing clients by default, and server CPU per GiB served for every contender (nginx with its workers).
+  const warmFile = files.find((x) => x.endsWith('-warm-throughput.json')) as string;
+  const warmRes = JSON.parse(await readFile(path.join(out, warmFile), 'utf8')) as ScenarioResult;
+  for (const res of [herd, warmRes]) {
+    assert.equal(res.params.clientMode, 'hash', `${res.scenario}: clients do not hash`);
+    const metric = res.scenario === 'herd' ? 'proxyCpuSPerGiB' : 'serverCpuSPerGiB';
+    assert.ok(res.samples.length > 0);
+    for (const s of res.samples) assert.ok((s.values[metric] ?? -1) >= 0, `${res.scenario} ${s.contender}: no ${metric}`);
+  }
+  assert.ok(warmRes.samples.some((s) => s.contender === 'nginx' && (s.values.serverCpuS ?? 0) > 0), 'nginx workers\' CPU not counted');
+
   // The Markdown report: machine info, a targets table naming every scenario's target, and the charts.
   const md = await readFile(path.join(out, 'latest.md'), 'utf8');
   assert.match(md, /^# ocirelay benchmark/);
@@ -110,10 +129,61 @@ test('bench --smoke runs every scenario end to end and writes JSON, Markdown and
   }
 });
 
+test('hash clients: a body whose sha256 differs from the digest fails the sample', { timeout: 60_000 }, async () => {
+  const body = Buffer.alloc(3 * 2 ** 20, 7);
+  const digest = `sha256:${createHash('sha256').update(body).digest('hex')}`;
+  let corrupt = false;
+  const server = http.createServer((_req, res) => {
+    const b = Buffer.from(body);
+    if (corrupt) b[b.length - 1] = 8;
+    res.writeHead(200, { 'content-length': b.length });
+    res.end(b);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  try {
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/blob`;
+    const ok = await concurrentHashGets(url, 2, { expectDigest: digest, expectBytes: body.length, repeat: 2, timeoutMs: 30_000 });
+    assert.equal(ok.bytes, 4 * body.length);
+    assert.equal(ok.clients.length, 2);
+    corrupt = true;
+    await assert.rejects(concurrentHashGets(url, 2, { expectDigest: digest, expectBytes: body.length, timeoutMs: 30_000 }), /digest mismatch/);
+  } finally {
+    server.close();
+  }
+});
+
+test('soak trend: a leak in the last half is not flat, noise and warm-up are', () => {
+  const pts = (f: (t: number) => number) => Array.from({ length: 120 }, (_, i) => ({ t: i * 5, v: f(i * 5) }));
+  // Warm-up growth in the first half, then level with jitter: flat.
+  const warm = trendOf(pts((t) => 100e6 + Math.min(t, 200) * 1e5 + ((t * 7919) % 13) * 1e5), 10e6, 0.05);
+  assert.equal(warm.flat, true, JSON.stringify(warm));
+  assert.ok(warm.firstHalfSlope > warm.lastHalfSlope);
+  // 50 kB/s all along: 15 MB over the last 300 s, more than the 10 MB (and 5%) tolerance.
+  const leak = trendOf(pts((t) => 100e6 + t * 5e4), 10e6, 0.05);
+  assert.equal(leak.flat, false);
+  assert.ok(Math.abs(leak.lastHalfSlope - 5e4) < 1);
+  // fds: one more every 30 s is a leak; a constant count is flat.
+  assert.equal(trendOf(pts((t) => 30 + Math.floor(t / 30)), 4, 0.1).flat, false);
+  assert.equal(trendOf(pts(() => 30), 4, 0.1).flat, true);
+  // Too few samples to judge: not flat.
+  assert.equal(trendOf([{ t: 0, v: 1 }], 4, 0.1).flat, false);
+});
+
 test('bench options: presets, lists and refusals', () => {
   const full = parseBenchArgs([], '/tmp/x');
   assert.ok(full !== 'help');
   assert.equal(full.mode, 'full');
+  assert.ok(!full.scenarios.includes('soak'), 'the soak is not part of the default run');
+  assert.equal(full.client, 'hash');
+  assert.equal(full.soakSeconds, 1800);
+  assert.equal(full.soakSampleSeconds, 5);
+  const soak = parseBenchArgs(['--scenarios', 'soak', '--soak-seconds', '60', '--client', 'discard'], '/tmp/x');
+  assert.ok(soak !== 'help');
+  assert.deepEqual(soak.scenarios, ['soak']);
+  assert.equal(soak.soakSeconds, 60);
+  assert.equal(soak.soakSampleSeconds, 1);
+  assert.equal(soak.client, 'discard');
+  assert.throws(() => parseBenchArgs(['--client', 'sha1'], '/tmp/x'), /--client/);
   assert.equal(full.reps, 5);
   assert.deepEqual(full.sizes, ['4m', '256m', '1g']);
   assert.deepEqual(full.herdClients, [16, 32]);
