@@ -1,6 +1,7 @@
 // The only reader of config files and the environment. Produces one validated, frozen Config.
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import tls from 'node:tls';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 
@@ -11,6 +12,10 @@ export interface RegistryConfig {
   readonly username?: string;
   readonly password?: string;
   readonly tagTtlMs: number;
+  /** `host` / `host:port` entries that may be reached at non-public addresses and get realm credentials. */
+  readonly trustedHosts?: readonly string[];
+  /** Present when caFile or certFile/keyFile is set: `ca` is the whole list (system + NODE_EXTRA_CA_CERTS + caFile). */
+  readonly tls?: { readonly ca?: readonly string[]; readonly cert?: string; readonly key?: string };
 }
 
 export interface Config {
@@ -38,6 +43,11 @@ export interface Config {
     readonly retries: number;
     readonly breakerMaxFails: number;
     readonly breakerResetMs: number;
+    /** Forward proxies: upstream.proxy, else HTTPS_PROXY / HTTP_PROXY; NO_PROXY or upstream.noProxy. */
+    readonly proxy: { readonly httpProxy?: string; readonly httpsProxy?: string; readonly noProxy: readonly string[] };
+    /** A body slower than this (bytes/s) over minRateWindowMs is aborted; 0 turns it off. */
+    readonly minRateBytesPerSec: number;
+    readonly minRateWindowMs: number;
   };
   /** Limits of the pull and admin listeners (client-facing sockets). */
   readonly server: {
@@ -56,6 +66,8 @@ export interface Config {
   };
   readonly log: { readonly level: string };
   readonly shutdownGraceMs: number;
+  /** ocirelay's version (package.json), sent upstream as User-Agent: ocirelay/<version>. */
+  readonly version: string;
 }
 
 export const BUILTIN_REGISTRIES: Readonly<Record<string, string>> = {
@@ -177,6 +189,10 @@ const registrySchema = z
     password: z.string().optional(),
     passwordFile: z.string().min(1).optional(),
     tagTTL: duration.optional(),
+    trustedHosts: z.array(z.string().min(1)).optional(),
+    caFile: z.string().min(1).optional(),
+    certFile: z.string().min(1).optional(),
+    keyFile: z.string().min(1).optional(),
   })
   .strict()
   .refine((r) => !(r.password !== undefined && r.passwordFile !== undefined), {
@@ -205,6 +221,10 @@ const fileSchema = z
         retries: z.number().int().min(0).max(10).optional(),
         breakerMaxFails: z.number().int().min(1).optional(),
         breakerReset: duration.optional(),
+        proxy: z.string().url().optional(),
+        noProxy: z.array(z.string()).optional(),
+        minRate: size.optional(),
+        minRateWindow: duration.optional(),
       })
       .strict()
       .optional(),
@@ -297,6 +317,8 @@ export function loadConfig(src: ConfigSources = {}): Config {
       tagTtlMs: r.tagTTL ?? defaultTagTtl,
       ...(r.username !== undefined ? { username: r.username } : {}),
       ...(password !== undefined ? { password } : {}),
+      trustedHosts: Object.freeze(checkTrustedHosts(name, r.trustedHosts ?? [])),
+      ...registryTls(name, r, cwd, env),
     };
     registries.set(name, Object.freeze(entry));
   }
@@ -339,10 +361,15 @@ export function loadConfig(src: ConfigSources = {}): Config {
       retries: c.upstream?.retries ?? 2,
       breakerMaxFails: c.upstream?.breakerMaxFails ?? 5,
       breakerResetMs: c.upstream?.breakerReset ?? 30_000,
+      proxy: Object.freeze(proxySettings(c.upstream, env)),
+      // 16 KiB/s over 30 s: far below any working link, far above an upstream trickling bytes to hold a fill open.
+      minRateBytesPerSec: c.upstream?.minRate ?? 16 * 2 ** 10,
+      minRateWindowMs: c.upstream?.minRateWindow ?? 30_000,
     }),
     server: Object.freeze(serverLimits(c.server)),
     log: Object.freeze({ level: c.log?.level ?? 'info' }),
     shutdownGraceMs: c.shutdownGrace ?? 30_000,
+    version: packageVersion(),
   };
   return Object.freeze(cfg);
 }
@@ -362,4 +389,88 @@ function serverLimits(s: z.output<typeof fileSchema>['server']): Config['server'
     if (limits[k] <= 0) throw new ConfigError(`invalid config: server.${k.replace(/Ms$/, '')}: must be above zero`);
   }
   return limits;
+}
+
+/** Reads package.json next to src/ (and dist/): the version for User-Agent. */
+function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+    return typeof pkg.version === 'string' ? pkg.version : 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+function checkTrustedHosts(name: string, entries: readonly string[]): string[] {
+  for (const e of entries) {
+    if (!/^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+|[0-9a-fA-F:]+)(?::\d{1,5})?$/.test(e.trim())) {
+      throw new ConfigError(`invalid config: registries.${name}.trustedHosts: "${e}" is not a host or host:port (examples: cdn.example.com, 127.0.0.1:5001)`);
+    }
+  }
+  return entries.map((e) => e.trim());
+}
+
+/** upstream.proxy wins over the environment; lower-case variables win over upper-case (as curl does). */
+function proxySettings(u: { proxy?: string; noProxy?: string[] } | undefined, env: NodeJS.ProcessEnv): Config['upstream']['proxy'] {
+  const pick = (...names: string[]): string | undefined => names.map((n) => env[n]).find((v) => v !== undefined && v !== '');
+  const httpsProxy = u?.proxy ?? pick('https_proxy', 'HTTPS_PROXY');
+  const httpProxy = u?.proxy ?? pick('http_proxy', 'HTTP_PROXY');
+  for (const [key, v] of [['HTTPS_PROXY', httpsProxy], ['HTTP_PROXY', httpProxy]] as const) {
+    if (v === undefined) continue;
+    let ok = false;
+    try {
+      ok = ['http:', 'https:'].includes(new URL(v).protocol);
+    } catch {
+      ok = false;
+    }
+    if (!ok) throw new ConfigError(`invalid config: ${u?.proxy !== undefined ? 'upstream.proxy' : key}: must be an http:// or https:// URL`);
+  }
+  const noProxy = u?.noProxy ?? (pick('no_proxy', 'NO_PROXY') ?? '').split(',');
+  return {
+    ...(httpProxy !== undefined ? { httpProxy } : {}),
+    ...(httpsProxy !== undefined ? { httpsProxy } : {}),
+    noProxy: Object.freeze(noProxy.map((e) => e.trim()).filter((e) => e !== '')),
+  };
+}
+
+/**
+ * A registry's TLS settings. Passing `ca` to TLS replaces Node's default list, so a caFile is
+ * added to the system roots and the NODE_EXTRA_CA_CERTS file rather than trusted alone.
+ */
+function registryTls(
+  name: string,
+  r: { caFile?: string; certFile?: string; keyFile?: string },
+  cwd: string,
+  env: NodeJS.ProcessEnv,
+): { tls?: NonNullable<RegistryConfig['tls']> } {
+  if ((r.certFile === undefined) !== (r.keyFile === undefined)) {
+    throw new ConfigError(`invalid config: registries.${name}: certFile and keyFile go together`);
+  }
+  if (r.caFile === undefined && r.certFile === undefined) return {};
+  const read = (key: string, file: string): string => {
+    try {
+      return readFileSync(path.resolve(cwd, file), 'utf8');
+    } catch (e) {
+      throw new ConfigError(`invalid config: registries.${name}.${key}: cannot read: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+    }
+  };
+  let ca: string[] | undefined;
+  if (r.caFile !== undefined) {
+    ca = [...tls.rootCertificates];
+    const extra = env.NODE_EXTRA_CA_CERTS;
+    if (extra !== undefined && extra !== '') {
+      try {
+        ca.push(readFileSync(extra, 'utf8'));
+      } catch (e) {
+        throw new ConfigError(`NODE_EXTRA_CA_CERTS: cannot read ${extra}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+      }
+    }
+    ca.push(read('caFile', r.caFile));
+  }
+  const tlsSettings = {
+    ...(ca !== undefined ? { ca: Object.freeze(ca) } : {}),
+    ...(r.certFile !== undefined ? { cert: read('certFile', r.certFile) } : {}),
+    ...(r.keyFile !== undefined ? { key: read('keyFile', r.keyFile) } : {}),
+  };
+  return { tls: Object.freeze(tlsSettings) };
 }

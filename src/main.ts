@@ -23,7 +23,6 @@ import { DiskHealth } from './storage/disk-health.ts';
 import { Evictor } from './storage/evictor.ts';
 import { CacheLayout } from './storage/layout.ts';
 import { MemoryCache } from './storage/memory-cache.ts';
-import { Http1Client } from './upstream/http1-client.ts';
 import { RegistryClient } from './upstream/registry-client.ts';
 
 export interface RunningProxy {
@@ -52,22 +51,26 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
   // A writable data dir is required to start at all (later trouble only degrades caching).
   await fs.access(layout.tmpDir, fs.constants.W_OK);
 
-  // Every upstream request goes through this one client (its sockets, its pools).
-  const http = new Http1Client({
-    connectMs: config.upstream.connectTimeoutMs,
-    headersMs: config.upstream.headersTimeoutMs,
-    idleMs: config.upstream.idleTimeoutMs,
-  });
+  // Each registry's client has its own undici pools (its connector knows its trustedHosts).
   const upstreams = new Map<string, RegistryClient>();
   for (const r of config.registries.values()) {
     upstreams.set(
       r.name,
       new RegistryClient(
-        { name: r.name, url: r.url, ...(r.username !== undefined ? { username: r.username } : {}), ...(r.password !== undefined ? { password: r.password } : {}) },
+        {
+          name: r.name,
+          url: r.url,
+          ...(r.username !== undefined ? { username: r.username } : {}),
+          ...(r.password !== undefined ? { password: r.password } : {}),
+          ...(r.trustedHosts !== undefined ? { trustedHosts: r.trustedHosts } : {}),
+          ...(r.tls !== undefined ? { tls: r.tls } : {}),
+        },
         {
           metrics,
           logger,
-          http,
+          userAgent: `ocirelay/${config.version}`,
+          proxy: config.upstream.proxy,
+          minRate: { bytesPerSec: config.upstream.minRateBytesPerSec, windowMs: config.upstream.minRateWindowMs },
           timeouts: { connectMs: config.upstream.connectTimeoutMs, headersMs: config.upstream.headersTimeoutMs, idleMs: config.upstream.idleTimeoutMs },
           retry: { attempts: config.upstream.retries },
           breaker: { maxFails: config.upstream.breakerMaxFails, resetMs: config.upstream.breakerResetMs },
@@ -171,7 +174,6 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
       await index.close();
       await disk.flushRecency();
       for (const u of upstreams.values()) await u.close();
-      http.close();
       logger.info('shut down');
       logger.flush();
     })());

@@ -98,14 +98,20 @@ interface Made {
 
 function makeClient(
   url: string,
-  opts: Partial<UpstreamClientOptions> & { username?: string; password?: string } = {},
+  opts: Partial<UpstreamClientOptions> & { username?: string; password?: string; trustedHosts?: string[] } = {},
 ): Made {
-  const { username, password, ...rest } = opts;
+  const { username, password, trustedHosts, ...rest } = opts;
   const metrics = new Metrics({ defaultMetrics: false });
   const logs: string[] = [];
   const logger = createLogger({ level: 'debug', destination: { write: (line: string) => void logs.push(line) } });
   const client = new RegistryClient(
-    { name: 'test.io', url, ...(username === undefined ? {} : { username }), ...(password === undefined ? {} : { password }) },
+    {
+      name: 'test.io',
+      url,
+      ...(username === undefined ? {} : { username }),
+      ...(password === undefined ? {} : { password }),
+      ...(trustedHosts === undefined ? {} : { trustedHosts }),
+    },
     {
       metrics,
       logger,
@@ -180,15 +186,17 @@ async function bearerRegistry(
     if (opts.route) return opts.route(req, res);
     send(res, 200, 'the manifest', { 'content-type': 'application/vnd.oci.image.manifest.v1+json' });
   });
-  return { registry, tokenServer, issued };
+  // The token endpoint is another loopback origin: reachable (and given credentials) only as a trusted host.
+  const trustedHosts = [new URL(tokenServer.url).host];
+  return { registry, tokenServer, issued, trustedHosts };
 }
 
 // ---------------------------------------------------------------------------------------
 
 describe('token auth', () => {
   it('answers a Bearer challenge, then sends the cached token up front (one round trip warm)', async () => {
-    const { registry, tokenServer } = await bearerRegistry();
-    const { client, metrics } = makeClient(registry.url);
+    const { registry, tokenServer, trustedHosts } = await bearerRegistry();
+    const { client, metrics } = makeClient(registry.url, { trustedHosts });
 
     const res = await client.request(GET());
     assert.equal(res.status, 200);
@@ -217,8 +225,8 @@ describe('token auth', () => {
   });
 
   it('keys tokens by repository scope', async () => {
-    const { registry, tokenServer } = await bearerRegistry();
-    const { client } = makeClient(registry.url);
+    const { registry, tokenServer, trustedHosts } = await bearerRegistry();
+    const { client } = makeClient(registry.url, { trustedHosts });
     (await client.request(GET())).body.resume();
     (await client.request({ method: 'GET', path: '/v2/other/app/tags/list', repository: 'other/app' })).body.resume();
     assert.equal(tokenServer.seen.length, 2);
@@ -227,11 +235,11 @@ describe('token auth', () => {
 
   it('uses Basic credentials at the token endpoint, accepts access_token, and never logs secrets', async () => {
     const basic = `Basic ${Buffer.from('robot:s3cret-pw').toString('base64')}`;
-    const { registry, tokenServer } = await bearerRegistry({
+    const { registry, tokenServer, trustedHosts } = await bearerRegistry({
       basic,
       tokenBody: (n) => ({ access_token: `secret-access-${n}`, expires_in: 300 }),
     });
-    const { client, logs } = makeClient(registry.url, { username: 'robot', password: 's3cret-pw' });
+    const { client, logs } = makeClient(registry.url, { username: 'robot', password: 's3cret-pw', trustedHosts });
     const res = await client.request(GET());
     assert.equal(res.status, 200);
     res.body.resume();
@@ -244,8 +252,8 @@ describe('token auth', () => {
   });
 
   it('shares one token fetch among concurrent requests', async () => {
-    const { registry, tokenServer } = await bearerRegistry({ tokenDelayMs: 50 });
-    const { client } = makeClient(registry.url);
+    const { registry, tokenServer, trustedHosts } = await bearerRegistry({ tokenDelayMs: 50 });
+    const { client } = makeClient(registry.url, { trustedHosts });
     const all = await Promise.all(Array.from({ length: 6 }, () => client.request(GET())));
     for (const r of all) {
       assert.equal(r.status, 200);
@@ -256,11 +264,11 @@ describe('token auth', () => {
   });
 
   it('fetches a new token once the cached one is near expiry (issued_at, default 60 s)', async () => {
-    const { registry, tokenServer } = await bearerRegistry({
+    const { registry, tokenServer, trustedHosts } = await bearerRegistry({
       // issued 55 s ago with no expires_in: 60 s lifetime, already inside the refresh margin
       tokenBody: (n) => ({ token: `old-${n}`, issued_at: new Date(Date.now() - 55_000).toISOString() }),
     });
-    const { client } = makeClient(registry.url);
+    const { client } = makeClient(registry.url, { trustedHosts });
     (await client.request(GET())).body.resume();
     (await client.request(GET())).body.resume();
     assert.equal(tokenServer.seen.length, 2);
@@ -269,8 +277,8 @@ describe('token auth', () => {
   });
 
   it('replaces a cached token the registry rejects, and returns a second 401 as is', async () => {
-    const { registry, tokenServer, issued } = await bearerRegistry();
-    const { client } = makeClient(registry.url);
+    const { registry, tokenServer, issued, trustedHosts } = await bearerRegistry();
+    const { client } = makeClient(registry.url, { trustedHosts });
     (await client.request(GET())).body.resume();
     assert.equal(tokenServer.seen.length, 1);
 
@@ -290,7 +298,7 @@ describe('token auth', () => {
         'www-authenticate': `Bearer realm="${tokenServer.url}/token",service="test-registry"`,
       }),
     );
-    const c2 = makeClient(denying.url).client;
+    const c2 = makeClient(denying.url, { trustedHosts }).client;
     const denied = await c2.request(GET());
     assert.equal(denied.status, 401);
     assert.match(await text(denied.body), /DENIED/);
@@ -300,20 +308,20 @@ describe('token auth', () => {
 
   it('turns token endpoint failures into auth_failed without leaking credentials', async () => {
     const down = await bearerRegistry({ tokenStatus: 500 });
-    const { client } = makeClient(down.registry.url, { username: 'robot', password: 'hunter2-pw', retry: { attempts: 0 } });
+    const { client } = makeClient(down.registry.url, { username: 'robot', password: 'hunter2-pw', retry: { attempts: 0 }, trustedHosts: down.trustedHosts });
     const err = await rejectsWith(client.request(GET()), 'auth_failed');
     assert.equal(err.status, 500);
     assert.ok(!err.message.includes('hunter2'));
     assert.ok(!String(err.stack).includes(Buffer.from('robot:hunter2-pw').toString('base64')));
 
     const refused = await bearerRegistry({ basic: 'Basic nobody' });
-    const c2 = makeClient(refused.registry.url, { username: 'robot', password: 'wrong-pw' }).client;
+    const c2 = makeClient(refused.registry.url, { username: 'robot', password: 'wrong-pw', trustedHosts: refused.trustedHosts }).client;
     const err2 = await rejectsWith(c2.request(GET()), 'auth_failed');
     assert.equal(err2.status, 401);
     assert.ok(!err2.message.includes('wrong-pw'));
 
     const garbled = await bearerRegistry({ tokenBody: () => ({ nothing: 'here' }) });
-    await rejectsWith(makeClient(garbled.registry.url).client.request(GET()), 'auth_failed');
+    await rejectsWith(makeClient(garbled.registry.url, { trustedHosts: garbled.trustedHosts }).client.request(GET()), 'auth_failed');
   });
 });
 
@@ -359,10 +367,11 @@ describe('redirects', () => {
       if (range === 'bytes=4-') return send(res, 206, 'data', { 'content-range': 'bytes 4-7/8' });
       send(res, 200, 'blobdata');
     }, '127.0.0.2');
-    const { registry } = await bearerRegistry({
+    const { registry, trustedHosts } = await bearerRegistry({
       route: (req, res) => send(res, 307, '', { location: `${cdn.url}/blobs/abc?sig=very-secret-signature` }),
     });
-    const { client, logs } = makeClient(registry.url);
+    // The "CDN" is at a loopback address: trusted explicitly, as a public CDN would not need.
+    const { client, logs } = makeClient(registry.url, { trustedHosts: [...trustedHosts, new URL(cdn.url).host] });
     const res = await client.request(GET('/v2/library/alpine/blobs/sha256:abc', { headers: { Range: 'bytes=4-' } }));
     assert.equal(res.status, 206);
     assert.equal(await text(res.body), 'data');
@@ -375,13 +384,13 @@ describe('redirects', () => {
   });
 
   it('resolves relative Locations and keeps Authorization on the same origin', async () => {
-    const { registry } = await bearerRegistry({
+    const { registry, trustedHosts } = await bearerRegistry({
       route: (req, res) => {
         if (req.url === '/v2/library/alpine/blobs/sha256:abc') return send(res, 302, '', { location: 'moved?x=1' });
         send(res, 200, `at ${req.url}`);
       },
     });
-    const { client } = makeClient(registry.url);
+    const { client } = makeClient(registry.url, { trustedHosts });
     const res = await client.request({ method: 'HEAD', path: '/v2/library/alpine/blobs/sha256:abc', repository: 'library/alpine' });
     assert.equal(res.status, 200);
     assert.equal(res.url, `${registry.url}/v2/library/alpine/blobs/moved?x=1`);
@@ -421,7 +430,7 @@ describe('timeouts', { concurrency: true }, () => {
     const started = Date.now();
     const err = await rejectsWith(client.request(GET()), 'timeout');
     assert.ok(Date.now() - started < 2000);
-    assert.match(err.message, /connect timeout/);
+    assert.match(err.message, /connect timeout|UND_ERR_CONNECT_TIMEOUT/i);
   });
 
   it('errors the body stream (never ends it) when the body stalls mid-way, without retrying', async () => {
@@ -674,8 +683,8 @@ describe('abort and validation', () => {
   });
 
   it('aborts while waiting for a shared token fetch', async () => {
-    const { registry } = await bearerRegistry({ tokenDelayMs: 300 });
-    const { client } = makeClient(registry.url);
+    const { registry, trustedHosts } = await bearerRegistry({ tokenDelayMs: 300 });
+    const { client } = makeClient(registry.url, { trustedHosts });
     const ac = new AbortController();
     setTimeout(() => ac.abort(), 50);
     await rejectsWith(client.request(GET(undefined, { signal: ac.signal })), 'aborted');

@@ -55,6 +55,11 @@ export function errorFromTransport(e: unknown, registry: string): RegistryError 
   if (e instanceof UpstreamError) {
     if (e.kind === 'auth_failed' && e.status === 401) return new RegistryError('UNAUTHORIZED', `upstream ${registry} refused our credentials`);
     if (e.kind === 'auth_failed' && e.status === 403) return new RegistryError('DENIED', `upstream ${registry} denied access`);
+    // The policy refused where the upstream pointed us (a redirect or token realm at a private
+    // address or over plain http): the upstream's doing, answered as a bad gateway, never a 500.
+    if (e.kind === 'target_refused') {
+      return new RegistryError('UNAVAILABLE', `upstream ${registry} pointed to a host ocirelay does not contact (see the log; registries.${registry}.trustedHosts)`, { status: 502 });
+    }
     if (e.kind === 'too_many_redirects' || e.kind === 'bad_redirect') return new RegistryError('UNAVAILABLE', `upstream ${registry} sent an unusable redirect (${e.kind})`, { status: 502 });
     return new RegistryError('UNAVAILABLE', `upstream ${registry} unavailable (${e.kind})`);
   }
@@ -64,7 +69,8 @@ export function errorFromTransport(e: unknown, registry: string): RegistryError 
 /** Whether an upstream failure justifies serving stale content (outage-like, not "it is gone"). */
 export function isOutage(e: unknown, status?: number): boolean {
   if (status !== undefined) return status >= 500 || status === 429;
-  if (!(e instanceof UpstreamError) || e.kind === 'aborted') return false;
+  // A refused redirect or realm is a policy answer, not an outage.
+  if (!(e instanceof UpstreamError) || e.kind === 'aborted' || e.kind === 'target_refused') return false;
   // The token endpoint saying no is an answer, not an outage.
   return !(e.kind === 'auth_failed' && e.status !== undefined && e.status < 500);
 }

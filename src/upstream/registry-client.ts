@@ -1,23 +1,31 @@
 // Client for one upstream registry (Docker Hub, ghcr.io, quay.io, a private one).
 //
-// request() does one logical GET or HEAD (each hop through Http1Client) and hides the protocol
-// around it:
+// request() does one logical GET or HEAD (each hop one undici request on this client's own
+// dispatchers, upstream-dispatchers.ts) and hides the protocol around it:
 //   circuit breaker -> auth (cached bearer token, or Basic once the registry asked for it)
-//   -> redirects (followed by hand, Authorization only to the registry's own origin)
+//   -> redirects (followed by hand, Authorization only to the registry's own origin; another
+//      host only over https, or http when the registry itself is http, and only at a public
+//      address unless listed in trustedHosts; every hop checked)
 //   -> retries (transport errors and 502/503/504 before any body byte reached the caller;
 //      one short 429 Retry-After) -> on 401 a token fetch (shared per scope) and one retry.
 // Every HTTP status comes back as a response; UpstreamError means none usable arrived.
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { request } from 'undici';
 import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
+import { isNonPublicHostname, TargetRefusedError, TrustedHosts } from './address-policy.ts';
 import { CircuitBreaker, type CircuitState, type Outcome } from './circuit-breaker.ts';
-import { Http1Client, HttpTimeoutError } from './http1-client.ts';
-import { MeteredBody, emptyBody } from './metered-body.ts';
+import { MeteredBody, SlowBodyError, emptyBody, type MinRate } from './metered-body.ts';
+import type { ProxySettings } from './proxy-route.ts';
 import { backoffDelay, parseRetryAfter } from './retry-timing.ts';
 import { TokenCache, type IssuedToken } from './token-cache.ts';
+import { UpstreamDispatchers, type TlsSettings } from './upstream-dispatchers.ts';
 import { UpstreamError, type UpstreamErrorKind } from './upstream-error.ts';
 import { parseWwwAuthenticate } from './www-authenticate.ts';
+
+export type { ProxySettings } from './proxy-route.ts';
+export type { TlsSettings } from './upstream-dispatchers.ts';
 
 export { UpstreamError, isUpstreamError, type UpstreamErrorKind } from './upstream-error.ts';
 
@@ -28,15 +36,25 @@ export interface UpstreamConfig {
   url: string;
   username?: string;
   password?: string;
+  /**
+   * `host` or `host:port` entries that may be reached at non-public addresses (redirect
+   * targets, token realms) and may receive credentials as token realms.
+   */
+  trustedHosts?: readonly string[];
+  /** CA list and client certificate for this registry's TLS connections (read by config.ts). */
+  tls?: TlsSettings;
 }
 
 export interface UpstreamClientOptions {
   metrics: Metrics;
   logger: Logger;
   timeouts?: {
-    /** Default 5000. Applies only to the HTTP client this client creates: a shared one keeps its own. */
+    /** Default 5000: TCP connect and TLS handshake. */
     connectMs?: number;
-    /** Default 30000: from request sent to response headers. */
+    /**
+     * Default 30000: from request sent to response headers. Also bounds the wait for a pooled
+     * connection: a hop with no headers connectMs + headersMs after it was dispatched gives up.
+     */
     headersMs?: number;
     /** Default 30000: longest pause between two body chunks. */
     idleMs?: number;
@@ -55,8 +73,14 @@ export interface UpstreamClientOptions {
   };
   /** Default 5000: a 429 whose Retry-After is at most this is waited for and retried once. */
   maxRetryAfterMs?: number;
-  /** Shared connections (http1-client.ts); the client creates (and closes) its own when absent. */
-  http?: Http1Client;
+  /** Sent as User-Agent on every request, e.g. `ocirelay/1.2.3`. */
+  userAgent?: string;
+  /** Forward proxies (HTTPS_PROXY, HTTP_PROXY, NO_PROXY or upstream.proxy, read by config.ts). */
+  proxy?: ProxySettings;
+  /** A body slower than this (while its consumer wants more) is aborted with a 'timeout' error. */
+  minRate?: MinRate;
+  /** Connections per origin: `meta` (manifests, tokens, HEADs; default 16) and `bulk` (blob GETs; default 64). */
+  connections?: { meta?: number; bulk?: number };
 }
 
 export interface UpstreamRequest {
@@ -68,6 +92,11 @@ export interface UpstreamRequest {
   /** E.g. accept, range. Authorization and hop-by-hop headers are the client's own and dropped. */
   headers?: Record<string, string>;
   signal?: AbortSignal;
+  /**
+   * A blob body fetch: it goes to the bulk pools so it never holds a connection a manifest,
+   * token or HEAD request waits for. Default: true for a GET of /v2/<name>/blobs/<digest>.
+   */
+  bulk?: boolean;
 }
 
 export interface UpstreamResponse {
@@ -117,8 +146,12 @@ export class RegistryClient {
   readonly #basic: string | undefined;
   readonly #metrics: Metrics;
   readonly #log: Logger;
-  readonly #http: Http1Client;
-  readonly #ownsHttp: boolean;
+  readonly #httpRegistry: boolean;
+  readonly #trusted: TrustedHosts;
+  readonly #dispatchers: UpstreamDispatchers;
+  readonly #userAgent: string | undefined;
+  readonly #minRate: MinRate | undefined;
+  readonly #connectMs: number;
   readonly #headersMs: number;
   readonly #idleMs: number;
   readonly #attempts: number;
@@ -148,6 +181,8 @@ export class RegistryClient {
       throw new TypeError(`upstream ${cfg.name}: url must not have a query or fragment`);
     }
     this.#origin = base.origin;
+    this.#httpRegistry = base.protocol === 'http:';
+    this.#trusted = new TrustedHosts(base, cfg.trustedHosts ?? []);
     this.#prefix = base.pathname.replace(/\/+$/, '');
     this.#basic =
       cfg.username !== undefined && cfg.username !== ''
@@ -156,14 +191,24 @@ export class RegistryClient {
 
     this.#metrics = opts.metrics;
     this.#log = opts.logger.child({ component: 'upstream', registry: cfg.name });
+    this.#connectMs = opts.timeouts?.connectMs ?? 5_000;
     this.#headersMs = opts.timeouts?.headersMs ?? 30_000;
     this.#idleMs = opts.timeouts?.idleMs ?? 30_000;
+    this.#userAgent = opts.userAgent;
+    this.#minRate = opts.minRate;
     this.#attempts = Math.max(0, opts.retry?.attempts ?? 2);
     this.#baseDelayMs = opts.retry?.baseDelayMs ?? 200;
     this.#maxRetryAfterMs = opts.maxRetryAfterMs ?? 5_000;
-    this.#ownsHttp = opts.http === undefined;
-    this.#http =
-      opts.http ?? new Http1Client({ connectMs: opts.timeouts?.connectMs ?? 5_000, headersMs: this.#headersMs, idleMs: this.#idleMs });
+    this.#dispatchers = new UpstreamDispatchers({
+      trusted: this.#trusted,
+      connectMs: this.#connectMs,
+      headersMs: this.#headersMs,
+      idleMs: this.#idleMs,
+      metaConnections: Math.max(1, opts.connections?.meta ?? 16),
+      bulkConnections: Math.max(1, opts.connections?.bulk ?? 64),
+      ...(cfg.tls !== undefined ? { tls: cfg.tls } : {}),
+      ...(opts.proxy !== undefined ? { proxy: opts.proxy } : {}),
+    });
 
     const registry = this.name;
     this.#metrics.circuitOpen.set({ registry }, 0);
@@ -183,7 +228,7 @@ export class RegistryClient {
   }
 
   async close(): Promise<void> {
-    if (this.#ownsHttp) this.#http.close();
+    await this.#dispatchers.close();
   }
 
   async request(req: UpstreamRequest): Promise<UpstreamResponse> {
@@ -208,7 +253,8 @@ export class RegistryClient {
       // The message names the cause (e.g. a certificate the CA store does not vouch for); it is
       // built from origins, paths and error codes only, never from credentials or tokens.
       const reason = err instanceof UpstreamError ? err.message : undefined;
-      this.#log.info({ method: req.method, path: req.path, err: kind, reason, ms: elapsed(started) }, 'upstream request failed');
+      // A refused target is a policy decision an operator may need to act on (trustedHosts).
+      this.#log[kind === 'target_refused' ? 'warn' : 'info']({ method: req.method, path: req.path, err: kind, reason, ms: elapsed(started) }, 'upstream request failed');
       throw err;
     }
   }
@@ -284,14 +330,27 @@ export class RegistryClient {
     if (scope !== '') url.searchParams.set('scope', scope);
     const where = `${url.origin}${url.pathname}`;
     const headers: Record<string, string> = { accept: 'application/json' };
-    if (this.#basic !== undefined) headers.authorization = this.#basic;
+    if (this.#basic !== undefined) {
+      // Credentials go to the registry's own origin, a trustedHosts entry, or over https (the
+      // connector then makes sure the address is public). A realm anywhere else is refused
+      // rather than asked anonymously: a quiet anonymous token would turn into confusing 401s,
+      // a refusal names the cause. Without credentials there is nothing to leak: it is asked.
+      if (url.origin !== this.#origin && !this.#trusted.has(url) && url.protocol !== 'https:') {
+        throw this.#error(
+          'target_refused',
+          `token realm ${where} refused: credentials go only over https, to the registry's own origin, or to a trustedHosts entry`,
+        );
+      }
+      headers.authorization = this.#basic;
+    }
 
     let res: Exchange;
     try {
       const budget: Budget = { retriesLeft: this.#attempts, retriesUsed: 0, waited429: false };
-      res = await this.#attempt(budget, 'GET', url, headers, undefined, 'TOKEN');
+      res = await this.#attempt(budget, 'GET', url, headers, undefined, 'TOKEN', false);
     } catch (err) {
       const kind = err instanceof UpstreamError ? err.kind : 'unreachable';
+      if (kind === 'target_refused' || kind === 'aborted') throw err;
       throw this.#error('auth_failed', `token endpoint ${where} failed: ${kind}`, { cause: err });
     }
     if (res.statusCode < 200 || res.statusCode > 299) {
@@ -326,11 +385,12 @@ export class RegistryClient {
     budget: Budget,
   ): Promise<{ res: Exchange; url: URL }> {
     let url = this.#urlFor(req.path);
+    const bulk = req.bulk ?? (req.method === 'GET' && /\/blobs\/[^/]+$/.test(req.path));
     for (let hops = 0; ; hops++) {
       // Authorization goes to the registry's own origin only: a CDN (or anyone a
       // registry redirects to) never sees it.
       const sent = cred !== undefined && url.origin === this.#origin ? { ...headers, authorization: cred.header } : headers;
-      const res = await this.#attempt(budget, req.method, url, sent, req.signal, req.method);
+      const res = await this.#attempt(budget, req.method, url, sent, req.signal, req.method, bulk);
       if (!REDIRECT_STATUSES.has(res.statusCode)) return { res, url };
       const location = headerValue(res.headers.location);
       if (location === undefined) return { res, url };
@@ -356,6 +416,15 @@ export class RegistryClient {
       throw this.#error('bad_redirect', `${req.method} ${req.path}: redirect to a URL with credentials refused`);
     }
     next.hash = '';
+    if (next.origin === this.#origin || this.#trusted.has(next)) return next;
+    if (next.protocol !== 'https:' && !this.#httpRegistry) {
+      throw this.#error('target_refused', `${req.method} ${req.path}: redirect to ${next.origin} refused: another host only over https`);
+    }
+    // Names and literals that are plainly not public are refused here with a clear reason; for
+    // every other name the connector checks the address actually connected to.
+    if (isNonPublicHostname(next.hostname)) {
+      throw this.#error('target_refused', `${req.method} ${req.path}: redirect to ${next.origin} refused: not a public address and not in trustedHosts`);
+    }
     return next;
   }
 
@@ -367,13 +436,14 @@ export class RegistryClient {
     headers: Record<string, string>,
     signal: AbortSignal | undefined,
     label: string,
+    bulk: boolean,
   ): Promise<Exchange> {
     for (;;) {
       let res: Exchange;
       try {
-        res = await this.#exchange(method, url, headers, signal, label);
+        res = await this.#exchange(method, url, headers, signal, label, bulk);
       } catch (err) {
-        if (!(err instanceof UpstreamError) || err.kind === 'aborted' || budget.retriesLeft <= 0) throw err;
+        if (!(err instanceof UpstreamError) || err.kind === 'aborted' || err.kind === 'target_refused' || budget.retriesLeft <= 0) throw err;
         await this.#backoff(budget, label, url, err.kind, signal);
         continue;
       }
@@ -414,22 +484,36 @@ export class RegistryClient {
     headers: Record<string, string>,
     signal: AbortSignal | undefined,
     label: string,
+    bulk: boolean,
   ): Promise<Exchange> {
     const registry = this.name;
     const started = performance.now();
+    // undici's headersTimeout starts when the request is written: a request queued for a
+    // pooled connection would wait without bound. This deadline covers the queue, the connect
+    // and the headers; it is cleared once headers arrive (the body has bodyTimeout and minRate).
+    const deadlineMs = this.#connectMs + this.#headersMs;
+    const deadline = new AbortController();
+    const timer = setTimeout(() => deadline.abort(new HeadersDeadlineError(deadlineMs)), deadlineMs);
+    const combined = signal === undefined ? deadline.signal : AbortSignal.any([signal, deadline.signal]);
     try {
-      const res: Exchange = await this.#http.request(method, url, headers, signal);
+      const dispatcher = await this.#dispatchers.dispatcherFor(url, bulk, combined);
+      const sent = this.#userAgent === undefined ? headers : { ...headers, 'user-agent': this.#userAgent };
+      const res = await request(url, { dispatcher, method, headers: sent, signal: combined });
+      const exchange: Exchange = { statusCode: res.statusCode, headers: res.headers, body: res.body };
       const ms = elapsed(started);
       this.#metrics.upstreamRequests.inc({ registry, method: label, status: String(res.statusCode) });
       this.#metrics.upstreamDuration.observe({ registry, method: label }, ms / 1000);
       this.#noteRateLimit(res.headers);
       this.#log.debug({ method: label, url: this.#describe(url), status: res.statusCode, ms }, 'upstream response');
-      return res;
+      return exchange;
     } catch (err) {
-      const kind = classify(err, signal);
+      const cause = deadline.signal.aborted && !(signal?.aborted ?? false) ? (deadline.signal.reason as Error) : err;
+      const kind = classify(cause, signal);
       this.#metrics.upstreamRequests.inc({ registry, method: label, status: kind });
       this.#log.debug({ method: label, url: this.#describe(url), err: kind, ms: elapsed(started) }, 'upstream request error');
-      throw this.#error(kind, `${label} ${this.#describe(url)}: ${causeText(err, kind)}`, { cause: err });
+      throw this.#error(kind, `${label} ${this.#describe(url)}: ${causeText(cause, kind)}`, { cause });
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -444,6 +528,7 @@ export class RegistryClient {
         res.body,
         (n) => this.#metrics.upstreamBytes.inc({ registry }, n),
         (err) => this.#bodyError(err, req),
+        this.#minRate,
       );
     }
     return { status: res.statusCode, headers: flattenHeaders(res.headers), body, url: url.href };
@@ -453,7 +538,13 @@ export class RegistryClient {
     if (err instanceof UpstreamError) return err;
     const kind = classify(err, req.signal);
     const what =
-      kind === 'timeout' ? `body idle for more than ${this.#idleMs} ms` : kind === 'aborted' ? 'aborted' : 'connection lost mid-body';
+      err instanceof SlowBodyError
+        ? err.message
+        : kind === 'timeout'
+          ? `body idle for more than ${this.#idleMs} ms`
+          : kind === 'aborted'
+            ? 'aborted'
+            : `connection lost or body malformed mid-body (${causeText(err, kind)})`;
     return this.#error(kind, `${req.method} ${req.path}: ${what}`, { cause: err });
   }
 
@@ -509,16 +600,34 @@ export class RegistryClient {
   }
 }
 
+/** No response headers within the deadline (queueing for a connection included). */
+class HeadersDeadlineError extends Error {
+  readonly code = 'OCIRELAY_HEADERS_DEADLINE';
+  constructor(ms: number) {
+    super(`no response headers within ${ms} ms (waiting for a connection, connecting, or for the headers)`);
+    this.name = 'HeadersDeadlineError';
+  }
+}
+
+const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CONNECT_TIMEOUT', 'OCIRELAY_HEADERS_DEADLINE', 'OCIRELAY_SLOW_BODY']);
+
+function errorCode(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
 function classify(err: unknown, signal: AbortSignal | undefined): UpstreamErrorKind {
   if (signal?.aborted) return 'aborted';
-  if (err instanceof HttpTimeoutError) return 'timeout';
-  if ((err as Error | null)?.name === 'AbortError') return 'aborted';
+  if (err instanceof TargetRefusedError) return 'target_refused';
+  const code = errorCode(err);
+  if (code !== undefined && TIMEOUT_CODES.has(code)) return 'timeout';
+  if ((err as Error | null)?.name === 'AbortError' || code === 'UND_ERR_ABORTED') return 'aborted';
   return 'unreachable';
 }
 
 function causeText(err: unknown, kind: UpstreamErrorKind): string {
-  const code = (err as { code?: unknown } | null)?.code;
-  if (err instanceof HttpTimeoutError) return err.message;
+  const code = errorCode(err);
+  if (err instanceof HeadersDeadlineError || err instanceof SlowBodyError || err instanceof TargetRefusedError) return err.message;
   if (kind === 'aborted') return 'aborted';
   // Socket, TLS and parser messages name the address, the syscall or the framing, never request headers.
   return typeof code === 'string' ? `${code} (${(err as Error).message})` : (err as Error | null)?.message ?? String(err);
@@ -536,6 +645,7 @@ function outcomeOf(err: unknown): Outcome {
       return err.status === undefined || err.status >= 500 ? 'failure' : 'success';
     case 'too_many_redirects':
     case 'bad_redirect':
+    case 'target_refused':
       return 'success';
     default:
       return 'neutral';

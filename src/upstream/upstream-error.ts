@@ -7,6 +7,8 @@ export type UpstreamErrorKind =
   | 'circuit_open'
   | 'too_many_redirects'
   | 'bad_redirect'
+  /** A redirect or token realm pointed somewhere the policy forbids (address-policy.ts). */
+  | 'target_refused'
   | 'auth_failed'
   | 'aborted';
 
