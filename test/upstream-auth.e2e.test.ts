@@ -28,6 +28,11 @@ async function assertNoSecrets(proxy: OcirelayProcess, secret: string): Promise<
   assert.ok(!/Bearer [A-Za-z0-9_-]{20,}/.test(all), 'no bearer token logged');
 }
 
+/** The token server is another loopback origin: it gets our credentials only as a trusted host. */
+function trustedHosts(upstream: RegistryFixture): string[] {
+  return upstream.tokenServer === undefined ? [] : [new URL(upstream.tokenServer.realm).host];
+}
+
 for (const auth of ['basic', 'token'] as const) {
   describe(`${auth}-auth upstream`, () => {
     let upstream: RegistryFixture;
@@ -41,7 +46,7 @@ for (const auth of ['basic', 'token'] as const) {
       const authz = await upstream.authorization('repository:team/secret:pull,push');
       secretBlob = await pushBlob(upstream.url, 'team/secret', randomBlob(256 * 1024), authz);
       proxy = await startOcirelay({
-        registries: { 'docker.io': { url: upstream.url, username: upstream.user, password: upstream.password } },
+        registries: { 'docker.io': { url: upstream.url, username: upstream.user, password: upstream.password, trustedHosts: trustedHosts(upstream) } },
       });
     });
     after(async () => {
@@ -91,7 +96,9 @@ for (const auth of ['basic', 'token'] as const) {
     });
 
     test('wrong credentials give an OCI UNAUTHORIZED error, not an outage', async () => {
-      const bad = await startOcirelay({ registries: { 'docker.io': { url: upstream.url, username: upstream.user, password: 'wrong-password' } } });
+      const bad = await startOcirelay({
+        registries: { 'docker.io': { url: upstream.url, username: upstream.user, password: 'wrong-password', trustedHosts: trustedHosts(upstream) } },
+      });
       try {
         const r = await fetch(`${bad.url}/v2/library/single/manifests/1.0`);
         assert.equal(r.status, 401);

@@ -16,7 +16,14 @@ function clientFor(reg: RegistryFixture, password = reg.password): { client: Reg
   const logs: string[] = [];
   const logger = createLogger({ level: 'debug', destination: { write: (l: string) => void logs.push(l) } });
   const client = new RegistryClient(
-    { name: 'real.test', url: reg.url, username: reg.user, password },
+    {
+      name: 'real.test',
+      url: reg.url,
+      username: reg.user,
+      password,
+      // The token server is another loopback origin: it gets our credentials only as a trusted host.
+      ...(reg.tokenServer !== undefined ? { trustedHosts: [new URL(reg.tokenServer.realm).host] } : {}),
+    },
     { metrics: new Metrics({ defaultMetrics: false }), logger, retry: { attempts: 0 } },
   );
   return { client, logs };
