@@ -238,7 +238,7 @@ const DETAIL_METRICS: Record<ScenarioId, string[]> = {
   'manifest-load': ['rps', 'p50Ms', 'p99Ms', 'errors', 'serverCpuS'],
   'peak-rss': ['peakRss'],
   startup: ['readyzS', 'readyLogS', 'internalStartupS', 'cachedBlobs'],
-  soak: ['rssBytes', 'fds', 'cpuS', 'coldPulls', 'warmGets', 'manifestGets', 'disconnects', 'errors', 'alive', 'rssLastHalfRise', 'fdsLastHalfRise'],
+  soak: ['rssBytes', 'fds', 'cpuS', 'coldPulls', 'warmGets', 'manifestGets', 'disconnects', 'errors', 'pushErrors', 'alive', 'rssLastHalfRise', 'fdsLastHalfRise'],
 };
 
 function detailTable(r: ScenarioResult): string {
@@ -277,11 +277,12 @@ export function renderMarkdown(i: ReportInput): string {
   out.push(`- CPU: ${m.cpuModel}, ${m.cores} cores; memory ${(m.memoryBytes / 2 ** 30).toFixed(1)} GiB`);
   out.push(`- OS: ${m.os}, kernel ${m.kernel}; node ${m.node}`);
   out.push(`- Tools: ${Object.entries(m.tools).map(([k, v]) => `${k}: ${v}`).join('; ')}`);
-  out.push(`- Load average at start: ${m.loadAvgAtStart.join(', ')} (other work on the machine skews results on 2 cores)`, '');
+  out.push(`- Load average at start: ${m.loadAvgAtStart.join(', ')} (other work on the machine skews results on 2 cores)`);
+  out.push(`- ocirelay ran from: ${m.ocirelayRunsFrom}`, '');
   if (i.failures.length > 0) {
     out.push('## Failures', '', ...i.failures.map((f) => `- ${f.split('\n')[0]}`), '');
   }
-  out.push('## Targets (issue 4)', '');
+  out.push('## Targets (issue 4; g, the soak: issue 9)', '');
   out.push('| | case | measure | ocirelay | reference | ratio / value | target | result |', '| --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const t of i.targets) {
     out.push(`| ${t.id} | ${esc(t.case)} | ${esc(t.measure)} | ${esc(t.ocirelay)} | ${esc(t.reference)} | ${esc(t.valueText)} | ${esc(t.target)} | ${verdict(t.met)} |`);

@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { requireBinary } from '../test/fixtures/processes.ts';
 import { BenchEnv } from './bench-env.ts';
 import { machineInfo } from './machine-info.ts';
+import { DEFAULT_BIN } from './ocirelay-launcher.ts';
 import { SCENARIOS, USAGE, parseBenchArgs, type BenchOptions, type ScenarioId } from './options.ts';
 import { evaluateTargets, herdChart, renderMarkdown, soakChart, throughputChart, type Results } from './report.ts';
 import type { ScenarioResult } from './results-model.ts';
@@ -71,7 +72,7 @@ export async function main(argv: string[]): Promise<number> {
   const command = `npm run bench${argv.length ? ` -- ${argv.join(' ')}` : ''}`;
   await preflight(scenarios);
   await mkdir(opts.outDir, { recursive: true });
-  const machine = await machineInfo();
+  const machine = await machineInfo(opts.ocirelayBin ?? DEFAULT_BIN);
   progress(`bench: ${opts.mode} run of ${scenarios.join(', ')}; results in ${opts.outDir}`);
 
   const env = await BenchEnv.create(opts);

@@ -23,7 +23,10 @@ export interface SoakCounters {
   warmBytes: number;
   manifestGets: number;
   disconnects: number;
+  /** ocirelay's answers that were wrong, or requests to it that failed. */
   errors: number;
+  /** Pushes of new images to the upstream that failed: the harness's or the upstream's trouble, not ocirelay's. */
+  pushErrors: number;
 }
 
 export interface SoakLoadOptions {
@@ -118,7 +121,7 @@ async function pushColdImage(upstreamUrl: string, n: number, layerBytes: number)
 
 /** The running load; stop() ends every loop after its current request. */
 export class SoakLoad {
-  readonly counters: SoakCounters = { coldPulls: 0, coldBytes: 0, warmGets: 0, warmBytes: 0, manifestGets: 0, disconnects: 0, errors: 0 };
+  readonly counters: SoakCounters = { coldPulls: 0, coldBytes: 0, warmGets: 0, warmBytes: 0, manifestGets: 0, disconnects: 0, errors: 0, pushErrors: 0 };
   /** The first errors, for the report (bounded). */
   readonly errorMessages: string[] = [];
   private stopping = false;
@@ -162,7 +165,14 @@ export class SoakLoad {
 
   private async coldPull(agent: http.Agent): Promise<void> {
     const n = ++this.coldN;
-    const img = await pushColdImage(this.o.upstreamUrl, n, randomInt(this.o.coldLayerBytes.min, this.o.coldLayerBytes.max + 1));
+    let img: ColdImage;
+    try {
+      img = await pushColdImage(this.o.upstreamUrl, n, randomInt(this.o.coldLayerBytes.min, this.o.coldLayerBytes.max + 1));
+    } catch (e) {
+      this.counters.pushErrors++;
+      if (this.errorMessages.length < 20) this.errorMessages.push(`push to the upstream (not counted against ocirelay): ${(e as Error).message}`);
+      return;
+    }
     const base = `${this.o.proxyUrl}/v2/${img.repo}`;
     if (n % 4 === 0) {
       // Hang up in the middle of the cold fill; the full pull below must still get every byte.

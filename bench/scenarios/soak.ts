@@ -41,6 +41,7 @@ export async function soak(env: BenchEnv): Promise<ScenarioResult> {
       manifestGets: { unit: '', better: 'higher', description: 'manifest GETs by tag and digest, checked' },
       disconnects: { unit: '', better: 'higher', description: 'clients that hung up mid-blob (warm, and during cold fills)' },
       errors: { unit: '', better: 'lower', description: 'requests answered wrongly or failed (must be 0)' },
+      pushErrors: { unit: '', better: 'lower', description: 'pushes of new images to the upstream that failed (not ocirelay: the cycle is skipped)' },
       alive: { unit: '', better: 'higher', description: '1 when ocirelay was running and /readyz answered 200 after the load' },
       rssFirstHalfSlope: { unit: 'B/min', better: 'lower', description: 'RSS trend through the first half (least squares)' },
       rssLastHalfSlope: { unit: 'B/min', better: 'lower', description: 'RSS trend through the last half' },
