@@ -17,6 +17,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 export const SOAK_CACHE_BYTES = 256 * 2 ** 20;
 /** RSS is flat when the last half's fitted rise is at most max(10 MB, 5% of its median). */
 export const RSS_TOLERANCE = { absolute: 10e6, relative: 0.05 };
+/**
+ * Shorter soaks are reported but not judged: warm-up (JIT, the memory tier filling) can take
+ * minutes, and a rise over a short last half says little about a slow leak.
+ */
+export const SOAK_MIN_JUDGED_SECONDS = 600;
 /** fds are flat when the last half's fitted rise is at most max(4, 10% of the median). */
 export const FD_TOLERANCE = { absolute: 4, relative: 0.1 };
 
@@ -130,11 +135,12 @@ export async function soak(env: BenchEnv): Promise<ScenarioResult> {
       detail: { rss: rt, fds: ft },
     });
     const mb = (v: number) => `${(v / 1e6).toFixed(1)} MB`;
+    const short = o.soakSeconds < SOAK_MIN_JUDGED_SECONDS ? ` (only ${o.soakSeconds} s: not judged, that takes ${SOAK_MIN_JUDGED_SECONDS} s or more)` : '';
     rec.note(
-      `RSS ${rt.flat ? 'stayed flat' : 'did NOT stay flat'}: median ${mb(rt.firstHalfMedian)} in the first half, ${mb(rt.lastHalfMedian)} in the last; fitted slope ${mb(rt.firstHalfSlope * 60)}/min then ${mb(rt.lastHalfSlope * 60)}/min (last-half rise ${mb(rt.lastHalfRise)}, tolerance ${mb(rt.tolerance)})`,
+      `RSS ${rt.flat ? 'stayed flat' : 'did NOT stay flat'}${short}: median ${mb(rt.firstHalfMedian)} in the first half, ${mb(rt.lastHalfMedian)} in the last; fitted slope ${mb(rt.firstHalfSlope * 60)}/min then ${mb(rt.lastHalfSlope * 60)}/min (last-half rise ${mb(rt.lastHalfRise)}, tolerance ${mb(rt.tolerance)})`,
     );
     rec.note(
-      `fds ${ft.flat ? 'stayed flat' : 'did NOT stay flat'}: median ${ft.firstHalfMedian} in the first half, ${ft.lastHalfMedian} in the last; fitted slope ${(ft.firstHalfSlope * 60).toFixed(2)}/min then ${(ft.lastHalfSlope * 60).toFixed(2)}/min (last-half rise ${ft.lastHalfRise.toFixed(1)}, tolerance ${ft.tolerance.toFixed(1)})`,
+      `fds ${ft.flat ? 'stayed flat' : 'did NOT stay flat'}${short}: median ${ft.firstHalfMedian} in the first half, ${ft.lastHalfMedian} in the last; fitted slope ${(ft.firstHalfSlope * 60).toFixed(2)}/min then ${(ft.lastHalfSlope * 60).toFixed(2)}/min (last-half rise ${ft.lastHalfRise.toFixed(1)}, tolerance ${ft.tolerance.toFixed(1)})`,
     );
   } finally {
     await r.stop();
