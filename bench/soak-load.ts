@@ -70,6 +70,13 @@ function getHashed(agent: http.Agent, url: string, headers: Record<string, strin
 function getAndHangUp(url: string, afterBytes: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const req = http.get(url, { agent: false }, (res) => {
+      // Our own hang-up surfaces as an 'aborted' error on res, after the promise settled: ignored.
+      res.on('error', () => resolve(0));
+      if (res.statusCode !== 200) {
+        req.destroy();
+        reject(new Error(`GET ${url}: status ${res.statusCode}`));
+        return;
+      }
       let bytes = 0;
       res.on('data', (c: Buffer) => {
         bytes += c.length;
@@ -79,8 +86,6 @@ function getAndHangUp(url: string, afterBytes: number): Promise<number> {
         }
       });
       res.once('end', () => resolve(bytes));
-      // Our own hang-up surfaces as an 'aborted' error here, after resolve(): ignored then.
-      res.on('error', () => resolve(bytes));
     });
     req.setTimeout(30_000, () => req.destroy(new Error(`GET ${url}: stalled for 30 s`)));
     req.on('error', reject);
