@@ -193,6 +193,8 @@ function soakChecks(g: ScenarioResult): TargetCheck[] {
   const base = { id: 'g', scenario: 'soak' as const, case: `${String(g.params.seconds)} s mixed load`, reference: '—' };
   // Flatness is judged only on a soak long enough for it to mean something.
   const judged = Number(g.params.seconds) >= SOAK_MIN_JUDGED_SECONDS;
+  // A process that died part-way has no flat series, whatever its samples until then say.
+  const alive = totals?.alive === 1;
   const flatTarget = (tol: string) => (judged ? `flat (<= ${tol})` : `(info: flat <= ${tol} is judged from ${SOAK_MIN_JUDGED_SECONDS} s)`);
   return [
     {
@@ -202,7 +204,7 @@ function soakChecks(g: ScenarioResult): TargetCheck[] {
       value: trend?.rssLastHalfRise,
       valueText: trend?.rssLastHalfRise !== undefined ? `${trend.rssLastHalfRise >= 0 ? '+' : ''}${(trend.rssLastHalfRise / 1e6).toFixed(1)} MB` : '—',
       target: flatTarget(`max(${RSS_TOLERANCE.absolute / 1e6} MB, ${RSS_TOLERANCE.relative * 100}%)`),
-      met: !judged ? undefined : trend ? trend.rssFlat === 1 : false,
+      met: !judged ? undefined : alive && trend?.rssFlat === 1,
     },
     {
       ...base,
@@ -211,7 +213,7 @@ function soakChecks(g: ScenarioResult): TargetCheck[] {
       value: trend?.fdsLastHalfRise,
       valueText: trend?.fdsLastHalfRise !== undefined ? `${trend.fdsLastHalfRise >= 0 ? '+' : ''}${trend.fdsLastHalfRise.toFixed(1)}` : '—',
       target: flatTarget(`max(${FD_TOLERANCE.absolute}, ${FD_TOLERANCE.relative * 100}%)`),
-      met: !judged ? undefined : trend ? trend.fdsFlat === 1 : false,
+      met: !judged ? undefined : alive && trend?.fdsFlat === 1,
     },
     {
       ...base,
