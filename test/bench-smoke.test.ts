@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { concurrentHashGets } from '../bench/hash-clients.ts';
 import { parseWrk } from '../bench/load-clients.ts';
 import { DEFAULT_SCENARIOS, parseBenchArgs } from '../bench/options.ts';
+import { evaluateTargets } from '../bench/report.ts';
 import type { ScenarioResult } from '../bench/results-model.ts';
 import { summarize } from '../bench/stats.ts';
 import { trendOf } from '../bench/trend.ts';
@@ -167,6 +168,32 @@ test('soak trend: a leak in the last half is not flat, noise and warm-up are', (
   assert.equal(trendOf(pts(() => 30), 4, 0.1).flat, true);
   // Too few samples to judge: not flat.
   assert.equal(trendOf([{ t: 0, v: 1 }], 4, 0.1).flat, false);
+});
+
+test('soak targets: judged from 600 s, never met by a process that died', () => {
+  const soakResult = (seconds: number, rssFlat: number, alive: number): ScenarioResult => ({
+    scenario: 'soak',
+    title: 'g',
+    date: '2026-12-02',
+    mode: 'full',
+    startedAt: '',
+    finishedAt: '',
+    params: { seconds },
+    metrics: {},
+    samples: [
+      { case: 'totals', contender: 'ocirelay', rep: 1, values: { coldPulls: 10, warmGets: 10, manifestGets: 10, disconnects: 3, errors: 0, alive } },
+      { case: 'trend', contender: 'ocirelay', rep: 1, values: { rssLastHalfRise: rssFlat ? 1e6 : 30e6, rssFlat, fdsLastHalfRise: 0, fdsFlat: 1 } },
+    ],
+    failures: [],
+    summaries: [],
+    notes: [],
+  });
+  const verdicts = (r: ScenarioResult) => evaluateTargets({ soak: r }).map((t) => t.met);
+  assert.deepEqual(verdicts(soakResult(1800, 1, 1)), [true, true, true]);
+  assert.deepEqual(verdicts(soakResult(1800, 0, 1)), [false, true, true]);
+  assert.deepEqual(verdicts(soakResult(1800, 1, 0)), [false, false, false]);
+  // A one-minute soak checks the harness: flatness is information only.
+  assert.deepEqual(verdicts(soakResult(60, 0, 1)), [undefined, undefined, true]);
 });
 
 test('bench options: presets, lists and refusals', () => {
