@@ -498,7 +498,7 @@ export class RegistryClient {
     try {
       const dispatcher = await this.#dispatchers.dispatcherFor(url, bulk, combined);
       const sent = this.#userAgent === undefined ? headers : { ...headers, 'user-agent': this.#userAgent };
-      const res = await request(url, { dispatcher, method, headers: sent, signal: combined });
+      const res = await untilAborted(request(url, { dispatcher, method, headers: sent, signal: combined }), combined);
       const exchange: Exchange = { statusCode: res.statusCode, headers: res.headers, body: res.body };
       const ms = elapsed(started);
       this.#metrics.upstreamRequests.inc({ registry, method: label, status: String(res.statusCode) });
@@ -598,6 +598,41 @@ export class RegistryClient {
   ): UpstreamError {
     return new UpstreamError(kind, this.name, `upstream ${this.name}: ${what}`, opts);
   }
+}
+
+/**
+ * undici notices a request's signal only once the request has a connection: one queued for a
+ * busy pool would wait regardless. This settles on abort at once; a response that still
+ * arrives later is dropped (and a queued request is cancelled by undici when it is dispatched).
+ */
+function untilAborted<T extends { body: Readable }>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    let settled = false;
+    const onAbort = (): void => {
+      if (settled) return;
+      settled = true;
+      reject(signal.reason);
+    };
+    p.then(
+      (res) => {
+        signal.removeEventListener('abort', onAbort);
+        if (settled) res.body.destroy();
+        else {
+          settled = true;
+          resolve(res);
+        }
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        if (!settled) {
+          settled = true;
+          reject(err);
+        }
+      },
+    );
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+  });
 }
 
 /** No response headers within the deadline (queueing for a connection included). */
