@@ -5,9 +5,15 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import tls from 'node:tls';
+import { createLogger } from '../src/logger.ts';
+import { Metrics } from '../src/metrics.ts';
+import { RegistryClient, UpstreamError } from '../src/upstream/registry-client.ts';
 import { buildImages, pushImages, type PushedImages } from './fixtures/images.ts';
 import { runCommand } from './fixtures/processes.ts';
 import { startRegistry, type RegistryFixture } from './fixtures/registry.ts';
@@ -19,16 +25,19 @@ let plain: RegistryFixture;
 let secure: RegistryFixture;
 let images: PushedImages;
 let caFile: string;
+let caKey: string;
+let serverKey: string;
+let serverCert: string;
 const started: OcirelayProcess[] = [];
 
 before(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), 'ocirelay-tls-'));
   // A CA, and a server certificate it signed for 127.0.0.1.
   caFile = path.join(dir, 'ca.pem');
-  const caKey = path.join(dir, 'ca.key');
-  const key = path.join(dir, 'server.key');
+  caKey = path.join(dir, 'ca.key');
+  const key = (serverKey = path.join(dir, 'server.key'));
   const csr = path.join(dir, 'server.csr');
-  const cert = path.join(dir, 'server.pem');
+  const cert = (serverCert = path.join(dir, 'server.pem'));
   const ext = path.join(dir, 'san.ext');
   await runCommand('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=ocirelay test CA', '-keyout', caKey, '-out', caFile], { timeoutMs: 20_000 });
   await runCommand('openssl', ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', key, '-out', csr], { timeoutMs: 20_000 });
@@ -77,5 +86,52 @@ describe('an HTTPS upstream with a private CA', () => {
     assert.equal(line.err, 'unreachable');
     // The operator reads why: the certificate's issuer is not trusted.
     assert.match(String(line.reason), /UNABLE_TO_VERIFY_LEAF_SIGNATURE|unable to verify the first certificate/);
+  });
+});
+
+describe('per-registry TLS settings', () => {
+  it('trusts a registry caFile in addition to the system roots (no NODE_EXTRA_CA_CERTS)', async () => {
+    const proxy = await startOcirelay({ registries: { 'internal.test': { url: secure.url, caFile } }, upstream: { retries: 0 } });
+    started.push(proxy);
+    const res = await fetch(`${proxy.url}/v2/internal.test/library/single/manifests/1.0`, { headers: { accept: images.single.mediaType } });
+    assert.equal(res.status, 200);
+    const body = Buffer.from(await res.arrayBuffer());
+    assert.equal(`sha256:${createHash('sha256').update(body).digest('hex')}`, images.single.manifestDigest);
+  });
+
+  it('presents a client certificate (mTLS) to a registry that requires one', async () => {
+    const clientKey = path.join(dir, 'client.key');
+    const clientCsr = path.join(dir, 'client.csr');
+    const clientCert = path.join(dir, 'client.pem');
+    await runCommand('openssl', ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-subj', '/CN=ocirelay client', '-keyout', clientKey, '-out', clientCsr], { timeoutMs: 20_000 });
+    await runCommand('openssl', ['x509', '-req', '-in', clientCsr, '-CA', caFile, '-CAkey', caKey, '-CAcreateserial', '-days', '1', '-out', clientCert], { timeoutMs: 20_000 });
+    const ca = await readFile(caFile, 'utf8');
+    const server = https.createServer(
+      { key: await readFile(serverKey), cert: await readFile(serverCert), ca, requestCert: true, rejectUnauthorized: true },
+      (req, res) => {
+        const peer = (req.socket as tls.TLSSocket).getPeerCertificate();
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.end(`hello ${peer.subject?.CN ?? '?'}`);
+      },
+    );
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const opts = { metrics: new Metrics({ defaultMetrics: false }), logger: createLogger({ level: 'silent' }), retry: { attempts: 0 } };
+    const tlsCa = [...tls.rootCertificates, ca];
+    const withCert = new RegistryClient({ name: 'mtls.test', url, tls: { ca: tlsCa, cert: await readFile(clientCert, 'utf8'), key: await readFile(clientKey, 'utf8') } }, opts);
+    const without = new RegistryClient({ name: 'mtls.test', url, tls: { ca: tlsCa } }, opts);
+    try {
+      const res = await withCert.request({ method: 'GET', path: '/v2/', repository: '' });
+      assert.equal(res.status, 200);
+      let text = '';
+      for await (const chunk of res.body as AsyncIterable<Buffer>) text += chunk.toString();
+      assert.equal(text, 'hello ocirelay client');
+      await assert.rejects(without.request({ method: 'GET', path: '/v2/', repository: '' }), (e: unknown) => e instanceof UpstreamError && e.kind === 'unreachable');
+    } finally {
+      await withCert.close();
+      await without.close();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
   });
 });
