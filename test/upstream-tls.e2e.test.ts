@@ -14,6 +14,7 @@ import tls from 'node:tls';
 import { createLogger } from '../src/logger.ts';
 import { Metrics } from '../src/metrics.ts';
 import { RegistryClient, UpstreamError } from '../src/upstream/registry-client.ts';
+import { startForwardProxy } from './fixtures/forward-proxy.ts';
 import { buildImages, pushImages, type PushedImages } from './fixtures/images.ts';
 import { runCommand } from './fixtures/processes.ts';
 import { startRegistry, type RegistryFixture } from './fixtures/registry.ts';
@@ -97,6 +98,25 @@ describe('per-registry TLS settings', () => {
     assert.equal(res.status, 200);
     const body = Buffer.from(await res.arrayBuffer());
     assert.equal(`sha256:${createHash('sha256').update(body).digest('hex')}`, images.single.manifestDigest);
+  });
+
+  it('reaches an https registry through HTTPS_PROXY (a CONNECT tunnel), verifying it with the caFile', async () => {
+    const fwd = await startForwardProxy();
+    try {
+      const proxy = await startOcirelay(
+        { registries: { 'internal.test': { url: secure.url, caFile } }, upstream: { retries: 0 } },
+        { env: { HTTPS_PROXY: fwd.url, https_proxy: '', NO_PROXY: '', no_proxy: '' } },
+      );
+      started.push(proxy);
+      const res = await fetch(`${proxy.url}/v2/internal.test/library/single/manifests/1.0`, { headers: { accept: images.single.mediaType } });
+      assert.equal(res.status, 200);
+      const body = Buffer.from(await res.arrayBuffer());
+      assert.equal(`sha256:${createHash('sha256').update(body).digest('hex')}`, images.single.manifestDigest);
+      const tunnels = await fwd.requestsTo(new URL(secure.url).host);
+      assert.ok(tunnels.some((l) => l.includes('CONNECT')), await fwd.log());
+    } finally {
+      await fwd.stop();
+    }
   });
 
   it('presents a client certificate (mTLS) to a registry that requires one', async () => {
