@@ -119,6 +119,30 @@ describe('per-registry TLS settings', () => {
     }
   });
 
+  it('from an https registry, refuses a redirect to plain http on another host (before connecting)', async () => {
+    const server = https.createServer({ key: await readFile(serverKey), cert: await readFile(serverCert) }, (_req, res) => {
+      res.writeHead(307, { location: 'http://8.8.8.8/blob', 'content-length': '0' });
+      res.end();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const ca = await readFile(caFile, 'utf8');
+    const client = new RegistryClient(
+      { name: 'https.test', url, tls: { ca: [...tls.rootCertificates, ca] } },
+      { metrics: new Metrics({ defaultMetrics: false }), logger: createLogger({ level: 'silent' }), retry: { attempts: 0 } },
+    );
+    try {
+      await assert.rejects(
+        client.request({ method: 'GET', path: '/v2/library/app/blobs/sha256:abc', repository: 'library/app' }),
+        (e: unknown) => e instanceof UpstreamError && e.kind === 'target_refused' && /only over https/.test(e.message),
+      );
+    } finally {
+      await client.close();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+
   it('presents a client certificate (mTLS) to a registry that requires one', async () => {
     const clientKey = path.join(dir, 'client.key');
     const clientCsr = path.join(dir, 'client.csr');
