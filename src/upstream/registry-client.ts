@@ -14,13 +14,15 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
 import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
-import { isNonPublicHostname, TargetRefusedError, TrustedHosts } from './address-policy.ts';
-import { CircuitBreaker, type CircuitState, type Outcome } from './circuit-breaker.ts';
+import { isNonPublicHostname, TrustedHosts } from './address-policy.ts';
+import { CircuitBreaker, type CircuitState } from './circuit-breaker.ts';
+import { discard, elapsed, flattenHeaders, headerValue, leadingNumber, nonEmptyString, readCapped, requestHeaders } from './http-messages.ts';
 import { MeteredBody, SlowBodyError, emptyBody, type MinRate } from './metered-body.ts';
 import type { ProxySettings } from './proxy-route.ts';
 import { backoffDelay, parseRetryAfter } from './retry-timing.ts';
 import { TokenCache, type IssuedToken } from './token-cache.ts';
 import { UpstreamDispatchers, type TlsSettings } from './upstream-dispatchers.ts';
+import { causeText, classify, HeadersDeadlineError, outcomeOf, untilAborted } from './upstream-failures.ts';
 import { UpstreamError, type UpstreamErrorKind } from './upstream-error.ts';
 import { parseWwwAuthenticate } from './www-authenticate.ts';
 
@@ -113,10 +115,6 @@ const MAX_REDIRECTS = 5;
 const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
 const RETRY_STATUSES = new Set([502, 503, 504]);
 const TOKEN_BODY_LIMIT = 1024 * 1024;
-const DROPPED_REQUEST_HEADERS = new Set([
-  'authorization', 'host', 'connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'te', 'trailer',
-  'proxy-authorization', 'proxy-connection', 'content-length',
-]);
 
 type Method = UpstreamRequest['method'];
 /** One HTTP round trip's answer. */
@@ -598,158 +596,4 @@ export class RegistryClient {
   ): UpstreamError {
     return new UpstreamError(kind, this.name, `upstream ${this.name}: ${what}`, opts);
   }
-}
-
-/**
- * undici notices a request's signal only once the request has a connection: one queued for a
- * busy pool would wait regardless. This settles on abort at once; a response that still
- * arrives later is dropped (and a queued request is cancelled by undici when it is dispatched).
- */
-function untilAborted<T extends { body: Readable }>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    let settled = false;
-    const onAbort = (): void => {
-      if (settled) return;
-      settled = true;
-      reject(signal.reason);
-    };
-    p.then(
-      (res) => {
-        signal.removeEventListener('abort', onAbort);
-        if (settled) res.body.destroy();
-        else {
-          settled = true;
-          resolve(res);
-        }
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        if (!settled) {
-          settled = true;
-          reject(err);
-        }
-      },
-    );
-    if (signal.aborted) onAbort();
-    else signal.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
-/** No response headers within the deadline (queueing for a connection included). */
-class HeadersDeadlineError extends Error {
-  readonly code = 'OCIRELAY_HEADERS_DEADLINE';
-  constructor(ms: number) {
-    super(`no response headers within ${ms} ms (waiting for a connection, connecting, or for the headers)`);
-    this.name = 'HeadersDeadlineError';
-  }
-}
-
-const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CONNECT_TIMEOUT', 'OCIRELAY_HEADERS_DEADLINE', 'OCIRELAY_SLOW_BODY']);
-
-function errorCode(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? code : undefined;
-}
-
-function classify(err: unknown, signal: AbortSignal | undefined): UpstreamErrorKind {
-  if (signal?.aborted) return 'aborted';
-  if (err instanceof TargetRefusedError) return 'target_refused';
-  const code = errorCode(err);
-  if (code !== undefined && TIMEOUT_CODES.has(code)) return 'timeout';
-  if ((err as Error | null)?.name === 'AbortError' || code === 'UND_ERR_ABORTED') return 'aborted';
-  return 'unreachable';
-}
-
-function causeText(err: unknown, kind: UpstreamErrorKind): string {
-  const code = errorCode(err);
-  if (err instanceof HeadersDeadlineError || err instanceof SlowBodyError || err instanceof TargetRefusedError) return err.message;
-  if (kind === 'aborted') return 'aborted';
-  // Socket, TLS and parser messages name the address, the syscall or the framing, never request headers.
-  return typeof code === 'string' ? `${code} (${(err as Error).message})` : (err as Error | null)?.message ?? String(err);
-}
-
-/** How a request()'s error reflects on the upstream's health. */
-function outcomeOf(err: unknown): Outcome {
-  if (!(err instanceof UpstreamError)) return 'neutral';
-  switch (err.kind) {
-    case 'unreachable':
-    case 'timeout':
-      return 'failure';
-    case 'auth_failed':
-      // The token service being down is an outage; it refusing credentials is not.
-      return err.status === undefined || err.status >= 500 ? 'failure' : 'success';
-    case 'too_many_redirects':
-    case 'bad_redirect':
-    case 'target_refused':
-      return 'success';
-    default:
-      return 'neutral';
-  }
-}
-
-function requestHeaders(h: Record<string, string> | undefined): Record<string, string> {
-  const out: Record<string, string> = {};
-  if (h === undefined) return out;
-  for (const [k, v] of Object.entries(h)) {
-    const name = k.toLowerCase();
-    if (!DROPPED_REQUEST_HEADERS.has(name)) out[name] = v;
-  }
-  return out;
-}
-
-function flattenHeaders(h: Exchange['headers']): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(h)) {
-    if (v === undefined) continue;
-    out[k.toLowerCase()] = Array.isArray(v) ? v.join(', ') : v;
-  }
-  return out;
-}
-
-function headerValue(v: string | string[] | undefined): string | undefined {
-  return Array.isArray(v) ? v.join(', ') : v;
-}
-
-/** `76;w=21600` -> 76 (Docker Hub's rate-limit headers). */
-function leadingNumber(v: string | undefined): number | undefined {
-  if (v === undefined) return undefined;
-  const m = /^\s*(\d+)/.exec(v);
-  return m?.[1] === undefined ? undefined : Number(m[1]);
-}
-
-function nonEmptyString(v: unknown): string | undefined {
-  return typeof v === 'string' && v !== '' ? v : undefined;
-}
-
-function elapsed(started: number): number {
-  return Math.round((performance.now() - started) * 10) / 10;
-}
-
-const DISCARD_LIMIT = 64 * 1024;
-
-/** Drop a body we do not pass on; the connection is kept when the rest is small. */
-async function discard(body: Exchange['body']): Promise<void> {
-  try {
-    let read = 0;
-    for await (const chunk of body as AsyncIterable<Buffer>) {
-      read += chunk.length;
-      if (read > DISCARD_LIMIT) break; // leaving the loop destroys the body, and its connection
-    }
-  } catch {
-    // the connection is gone already; nothing to release
-  }
-}
-
-async function readCapped(body: Exchange['body'], limit: number): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > limit) {
-      body.destroy();
-      throw new Error(`reply larger than ${limit} bytes`);
-    }
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks).toString('utf8');
 }
