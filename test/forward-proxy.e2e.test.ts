@@ -1,7 +1,15 @@
 // ocirelay behind a real forward proxy (tinyproxy): upstream requests go through it when
 // HTTP_PROXY / upstream.proxy say so (its log shows them), and NO_PROXY bypasses it.
 import assert from 'node:assert/strict';
+import { lookup } from 'node:dns/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
 import { after, before, describe, test } from 'node:test';
+import { createLogger } from '../src/logger.ts';
+import { Metrics } from '../src/metrics.ts';
+import { isPublicAddress } from '../src/upstream/address-policy.ts';
+import { RegistryClient, UpstreamError } from '../src/upstream/registry-client.ts';
 import { startForwardProxy, type ForwardProxy } from './fixtures/forward-proxy.ts';
 import { startRegistry, type RegistryFixture } from './fixtures/registry.ts';
 import { startOcirelay, type OcirelayProcess } from './helpers/ocirelay-process.ts';
@@ -58,5 +66,33 @@ describe('behind a forward proxy', () => {
     const r = await relay({}, { HTTP_PROXY: fwd.url, http_proxy: '', NO_PROXY: `example.invalid,${new URL(upstream.url).hostname}`, no_proxy: '' });
     await pullVerified(r.url, img);
     assert.equal((await fwd.requestsTo(hostPort)).length, before, await fwd.log());
+  });
+
+  test('through the proxy, a redirect target is resolved and checked before the request: a non-public name is refused', async () => {
+    const name = os.hostname();
+    const addresses = await lookup(name, { all: true });
+    assert.ok(addresses.length > 0 && addresses.every((a) => !isPublicAddress(a.address)), `${name} must resolve to a non-public address for this test`);
+    const registry = http.createServer((_req, res) => {
+      res.writeHead(307, { location: `http://${name}:9/internal`, 'content-length': '0' });
+      res.end();
+    });
+    await new Promise<void>((resolve) => registry.listen(0, '127.0.0.1', resolve));
+    const url = `http://127.0.0.1:${(registry.address() as AddressInfo).port}`;
+    const client = new RegistryClient(
+      { name: 'r.test', url },
+      { metrics: new Metrics({ defaultMetrics: false }), logger: createLogger({ level: 'silent' }), retry: { attempts: 0 }, proxy: { httpProxy: fwd.url } },
+    );
+    try {
+      await assert.rejects(
+        client.request({ method: 'GET', path: '/v2/library/app/blobs/sha256:abc', repository: 'library/app' }),
+        (e: unknown) => e instanceof UpstreamError && e.kind === 'target_refused' && /resolves to non-public address/.test(e.message),
+      );
+      assert.ok((await fwd.requestsTo(new URL(url).host)).length >= 1, 'the registry itself was reached through the proxy');
+      assert.equal((await fwd.requestsTo(`${name}:9`)).length, 0, 'nothing was sent towards the refused target');
+    } finally {
+      await client.close();
+      registry.closeAllConnections();
+      await new Promise<void>((resolve) => registry.close(() => resolve()));
+    }
   });
 });

@@ -11,7 +11,6 @@
 // Every HTTP status comes back as a response; UpstreamError means none usable arrived.
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { request } from 'undici';
 import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
 import { isNonPublicHostname, TrustedHosts } from './address-policy.ts';
@@ -21,6 +20,7 @@ import { MeteredBody, SlowBodyError, emptyBody, type MinRate } from './metered-b
 import type { ProxySettings } from './proxy-route.ts';
 import { backoffDelay, parseRetryAfter } from './retry-timing.ts';
 import { TokenCache, type IssuedToken } from './token-cache.ts';
+import { request } from './undici.ts';
 import { UpstreamDispatchers, type TlsSettings } from './upstream-dispatchers.ts';
 import { causeText, classify, HeadersDeadlineError, outcomeOf, untilAborted } from './upstream-failures.ts';
 import { UpstreamError, type UpstreamErrorKind } from './upstream-error.ts';

@@ -7,9 +7,10 @@
 // Each is bounded per origin (undici's `connections`); a request beyond waits in undici's
 // queue, and RegistryClient bounds that wait with its own deadline.
 import { lookup } from 'node:dns/promises';
-import { Agent, buildConnector, ProxyAgent, type Dispatcher } from 'undici';
+import type { buildConnector as BuildConnector, Dispatcher } from 'undici';
 import { isPublicAddress, TargetRefusedError, type TrustedHosts } from './address-policy.ts';
 import { proxyFor, type ProxySettings } from './proxy-route.ts';
+import { Agent, buildConnector, ProxyAgent } from './undici.ts';
 
 export interface TlsSettings {
   /** The whole CA list (system roots + NODE_EXTRA_CA_CERTS + the registry's caFile); absent: Node's defaults. */
@@ -44,9 +45,11 @@ export class UpstreamDispatchers {
   /**
    * The dispatcher for a request to `url`. Through a forward proxy the socket's remote address
    * is the proxy's, so the target's name is resolved and checked here, before sending.
-   * Residual gap, accepted: the proxy resolves the name again itself, and a DNS answer that
-   * changes between our lookup and the proxy's (rebinding) is not seen. Direct connections
-   * have no such gap (the connector checks the connected address).
+   * Residual gaps, accepted: the proxy resolves the name again itself, and a DNS answer that
+   * changes between our lookup and the proxy's (rebinding) is not seen; and a name we cannot
+   * resolve at all is let through (behind an egress proxy hosts often have no outside DNS:
+   * only the proxy can resolve registry names, and what it reaches is its own policy).
+   * Direct connections have no such gap (the connector checks the connected address).
    */
   async dispatcherFor(url: URL, bulk: boolean, signal?: AbortSignal): Promise<Dispatcher> {
     if (this.#closed) throw new Error('upstream client is closed');
@@ -95,7 +98,7 @@ export class UpstreamDispatchers {
 }
 
 /** A connector that refuses a socket whose remote address is not public, unless its origin is trusted. */
-function checkedConnector(base: buildConnector.connector, trusted: TrustedHosts): buildConnector.connector {
+function checkedConnector(base: BuildConnector.connector, trusted: TrustedHosts): BuildConnector.connector {
   return (opts, callback) => {
     base(opts, (...args) => {
       const [err, socket] = args;
@@ -121,7 +124,11 @@ function checkedConnector(base: buildConnector.connector, trusted: TrustedHosts)
 
 async function checkResolved(url: URL, signal: AbortSignal | undefined): Promise<void> {
   const host = url.hostname.replace(/^\[|\]$/g, '');
-  const resolved = lookup(host, { all: true, verbatim: true });
+  const resolved = lookup(host, { all: true, verbatim: true }).catch((err: unknown) => {
+    const code = (err as { code?: unknown } | null)?.code;
+    if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'ENODATA') return [];
+    throw err;
+  });
   const addresses =
     signal === undefined
       ? await resolved
