@@ -4,7 +4,8 @@
 //   Docker registry-mirrors: /v2/<repo>/...            (the default registry)
 // `ns` and prefixes are keys into the configured registries, never addresses to connect to.
 import { RegistryError } from './errors.ts';
-import { isSha256Digest, isValidName, isValidTag, looksLikeDigest } from './oci/reference.ts';
+import { parseDigest, type Digest } from './oci/digest.ts';
+import { isValidName, isValidTag, looksLikeDigest } from './oci/reference.ts';
 
 export type V2Kind = 'manifests' | 'blobs' | 'tags' | 'referrers';
 
@@ -14,6 +15,8 @@ export interface V2Route {
   repository: string;
   /** Tag or digest for manifests; digest for blobs and referrers; '' for tags. */
   reference: string;
+  /** The reference parsed as a digest, when it is one (always set for blobs and referrers). */
+  digest: Digest | undefined;
   /** The client's path up to and including the kind segment, for rewriting Link headers. */
   clientPath: string;
 }
@@ -62,16 +65,17 @@ export class RegistryRouter {
     // Docker Hub's official images live under library/.
     const repository = registry === 'docker.io' && !path.includes('/') ? `library/${path}` : path;
 
+    const digest = parseDigest(reference);
     if (kind === 'manifests') {
       if (looksLikeDigest(reference)) {
-        if (!isSha256Digest(reference)) throw new RegistryError('DIGEST_INVALID', `unsupported or malformed digest "${reference.slice(0, 200)}"`);
+        if (digest === undefined) throw new RegistryError('DIGEST_INVALID', `unsupported or malformed digest "${reference.slice(0, 200)}"`);
       } else if (!isValidTag(reference)) {
         throw new RegistryError('TAG_INVALID', `invalid tag "${reference.slice(0, 200)}"`);
       }
     } else if (kind === 'blobs' || kind === 'referrers') {
-      if (!isSha256Digest(reference)) throw new RegistryError('DIGEST_INVALID', `unsupported or malformed digest "${reference.slice(0, 200)}"`);
+      if (digest === undefined) throw new RegistryError('DIGEST_INVALID', `unsupported or malformed digest "${reference.slice(0, 200)}"`);
     }
     const clientPath = kind === 'tags' ? `/v2/${rest}` : `/v2/${rest.slice(0, rest.length - reference.length - 1)}`;
-    return { kind, registry, repository, reference, clientPath };
+    return { kind, registry, repository, reference, digest, clientPath };
   }
 }

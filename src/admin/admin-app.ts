@@ -9,6 +9,7 @@ import type { RegistryRouter } from '../registry-router.ts';
 import type { CacheAdmin } from './cache-admin.ts';
 import { parseImageRef, parseRepoRef } from './image-ref.ts';
 import type { PrefetchJobs } from './prefetch-jobs.ts';
+import { parseDigest } from '../oci/digest.ts';
 
 export interface AdminDeps {
   admin: CacheAdmin;
@@ -94,8 +95,9 @@ export function createAdminApp(d: AdminDeps): Hono {
   });
   app.post('/api/v1/freeze', async (c) => {
     const b = await body(c);
-    if (b.digest !== undefined && typeof b.digest !== 'string') throw new RegistryError('DIGEST_INVALID', 'digest must be a string');
-    return c.json(await d.admin.freeze(parseImageRef(d.router, b.image), b.digest as string | undefined));
+    const digest = b.digest === undefined ? undefined : typeof b.digest === 'string' ? parseDigest(b.digest) : undefined;
+    if (b.digest !== undefined && digest === undefined) throw new RegistryError('DIGEST_INVALID', 'digest must be sha256:<64 hex>');
+    return c.json(await d.admin.freeze(parseImageRef(d.router, b.image), digest));
   });
   app.post('/api/v1/unfreeze', async (c) => {
     const b = await body(c);

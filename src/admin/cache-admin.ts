@@ -2,7 +2,6 @@
 // Owns no state of its own: it works on CacheIndex, DiskBlobStore, MemoryCache and Evictor.
 import { RegistryError } from '../errors.ts';
 import type { Metrics } from '../metrics.ts';
-import { isSha256Digest } from '../oci/reference.ts';
 import type { CacheIndex, HistoryRecord } from '../storage/cache-index.ts';
 import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
 import type { DiskHealth } from '../storage/disk-health.ts';
@@ -10,12 +9,13 @@ import type { Evictor } from '../storage/evictor.ts';
 import type { MemoryCache } from '../storage/memory-cache.ts';
 import type { ImageRef, RepoRef } from './image-ref.ts';
 import type { ImagePuller } from './image-puller.ts';
+import type { Digest } from '../oci/digest.ts';
 
 export interface CachedImage {
   registry: string;
   repository: string;
   tags: string[];
-  digest: string;
+  digest: Digest;
   mediaType: string;
   size: number;
   cachedBlobs: number;
@@ -43,8 +43,8 @@ export class CacheAdmin {
   constructor(private readonly d: CacheAdminDeps) {}
 
   /** All digests of the image rooted at `digest` (itself, child manifests, blobs) that we know of. */
-  private closure(digest: string): string[] {
-    const out = new Set<string>([digest]);
+  private closure(digest: Digest): Digest[] {
+    const out = new Set<Digest>([digest]);
     const stack = [digest];
     while (stack.length > 0) {
       const m = this.d.index.manifestMeta(stack.pop()!);
@@ -58,7 +58,7 @@ export class CacheAdmin {
   }
 
   /** The digest a reference points to in the cache (frozen tag first), if known. */
-  private resolve(ref: ImageRef): string | undefined {
+  private resolve(ref: ImageRef): Digest | undefined {
     if (ref.digest) return ref.digest;
     const tag = ref.tag!;
     return this.d.index.frozen(ref.registry, ref.repository, tag)?.digest ?? this.d.index.tag(ref.registry, ref.repository, tag)?.digest;
@@ -70,8 +70,8 @@ export class CacheAdmin {
     for (const { registry, repository } of index.repositories()) {
       if (filter.registry && filter.registry !== registry) continue;
       if (filter.repository && filter.repository !== repository) continue;
-      const roots = new Map<string, { tags: Set<string>; frozen: Set<string> }>();
-      const root = (d: string) => {
+      const roots = new Map<Digest, { tags: Set<string>; frozen: Set<string> }>();
+      const root = (d: Digest) => {
         let r = roots.get(d);
         if (!r) roots.set(d, (r = { tags: new Set(), frozen: new Set() }));
         return r;
@@ -86,7 +86,7 @@ export class CacheAdmin {
       for (const p of index.pinsOf(registry, repository)) if (p.digests[0]) root(p.digests[0]);
       // Cached manifests of this repository that nothing above covers (pulled by digest).
       const linkedManifests = index.linksOf(registry, repository).filter((d) => index.isManifest(d) && disk.has(d));
-      const children = new Set<string>();
+      const children = new Set<Digest>();
       for (const d of linkedManifests) for (const r of index.manifestMeta(d)?.refs ?? []) children.add(r);
       for (const d of linkedManifests) if (!children.has(d)) root(d);
 
@@ -165,7 +165,7 @@ export class CacheAdmin {
     const pulled = await this.d.puller.pull(ref.registry, ref.repository, ref.digest ?? ref.tag!, platforms);
     const id = platforms && platforms.length > 0 ? `${ref.canonical}#${[...platforms].sort().join(',')}` : ref.canonical;
     this.d.index.pin({ ref: id, registry: ref.registry, repository: ref.repository, digests: pulled.digests, createdAt: Date.now() });
-    let frozen: { tag: string; digest: string } | null = null;
+    let frozen: { tag: string; digest: Digest } | null = null;
     if (freeze) {
       if (!ref.tag) throw new RegistryError('TAG_INVALID', 'freeze needs a tag reference');
       this.d.index.freeze(ref.registry, ref.repository, ref.tag, pulled.digest);
@@ -185,9 +185,8 @@ export class CacheAdmin {
     return { unpinned, unfrozen };
   }
 
-  async freeze(ref: ImageRef, digest: string | undefined): Promise<Record<string, unknown>> {
+  async freeze(ref: ImageRef, digest: Digest | undefined): Promise<Record<string, unknown>> {
     if (!ref.tag) throw new RegistryError('TAG_INVALID', 'freeze needs a tag reference (registry/repository:tag)');
-    if (digest !== undefined && !isSha256Digest(digest)) throw new RegistryError('DIGEST_INVALID', 'digest must be sha256:<64 hex>');
     // Resolve the current digest (or make sure the chosen one is cached) by pulling it.
     const pulled = await this.d.puller.pull(ref.registry, ref.repository, digest ?? ref.tag, undefined);
     this.d.index.freeze(ref.registry, ref.repository, ref.tag, pulled.digest);
@@ -205,7 +204,7 @@ export class CacheAdmin {
     const { index } = this.d;
     const registry = (target.image ?? target.repo)!.registry;
     const repository = (target.image ?? target.repo)!.repository;
-    let digests: string[];
+    let digests: Digest[];
     if (target.image) {
       const root = this.resolve(target.image);
       if (!root) throw new RegistryError('MANIFEST_UNKNOWN', `${target.image.canonical} is not cached`);
@@ -221,13 +220,13 @@ export class CacheAdmin {
       digests = index.linksOf(registry, repository);
       if (digests.length === 0 && index.tagsOf(registry, repository).length === 0) throw new RegistryError('NAME_UNKNOWN', `${target.repo!.canonical} is not cached`);
       // Without force, pinned images of the repository stay, tags included.
-      const pinnedRoot = (d: string) => !force && this.closure(d).some((x) => index.isPinned(x));
+      const pinnedRoot = (d: Digest) => !force && this.closure(d).some((x) => index.isPinned(x));
       for (const [tag, rec] of index.tagRecordsOf(registry, repository)) if (!pinnedRoot(rec.digest)) index.untag(registry, repository, tag);
       for (const [tag, f] of index.frozenTagsOf(registry, repository)) if (!pinnedRoot(f.digest)) index.unfreeze(registry, repository, tag);
     }
     if (force) for (const p of index.pinsOf(registry, repository)) if (!target.image || p.digests.includes(digests[0]!)) index.unpin(p.ref);
     // Content that other images of the same repository still use stays.
-    const keep = new Set<string>();
+    const keep = new Set<Digest>();
     if (target.image) {
       for (const [, rec] of index.tagRecordsOf(registry, repository)) for (const x of this.closure(rec.digest)) keep.add(x);
       for (const [, f] of index.frozenTagsOf(registry, repository)) for (const x of this.closure(f.digest)) keep.add(x);

@@ -7,12 +7,14 @@ import type { BlobService } from '../pull-through/blob-service.ts';
 import type { ManifestService } from '../pull-through/manifest-service.ts';
 import type { CacheIndex } from '../storage/cache-index.ts';
 import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
+import { RegistryError } from '../errors.ts';
+import { parseDigest, type Digest } from '../oci/digest.ts';
 
 export interface PulledImage {
   /** What the reference resolved to (the index for a multi-arch image). */
-  digest: string;
+  digest: Digest;
   /** Every digest of the image: manifests and blobs. */
-  digests: string[];
+  digests: Digest[];
   /** Bytes of all of it. */
   bytes: number;
 }
@@ -62,7 +64,9 @@ export class ImagePuller {
     for (const img of images) {
       const descs = [img.config, ...(img.layers ?? []), ...(img.blobs ?? [])].filter((d): d is Descriptor => !!d && typeof d.digest === 'string');
       for (const d of descs) {
-        const digest = d.digest as string;
+        // A descriptor digest is upstream content: parsed before it can name a file.
+        const digest = parseDigest(String(d.digest));
+        if (digest === undefined) throw new RegistryError('MANIFEST_INVALID', `manifest lists an invalid digest "${String(d.digest).slice(0, 100)}"`, { status: 502 });
         if (digests.includes(digest)) continue;
         digests.push(digest);
         const size = this.disk.sizeOf(digest);

@@ -2,14 +2,14 @@
 // `alpine:3.19` (default registry), `ghcr.io/org/app@sha256:...`. Parsed with the same rules as
 // the /v2 routes (RegistryRouter), so the admin API and the pull path agree on every name.
 import { RegistryError } from '../errors.ts';
-import { isSha256Digest } from '../oci/reference.ts';
+import { parseDigest, type Digest } from '../oci/digest.ts';
 import type { RegistryRouter } from '../registry-router.ts';
 
 export interface ImageRef {
   registry: string;
   repository: string;
   tag?: string;
-  digest?: string;
+  digest?: Digest;
   /** Normalised: registry/repository:tag or registry/repository@digest. */
   canonical: string;
 }
@@ -23,12 +23,13 @@ export interface RepoRef {
 export function parseImageRef(router: RegistryRouter, input: unknown): ImageRef {
   if (typeof input !== 'string' || input.length === 0 || input.length > 600) throw new RegistryError('NAME_INVALID', 'image must be a reference like docker.io/library/alpine:3.19');
   let name = input.trim();
-  let digest: string | undefined;
+  let digest: Digest | undefined;
   const at = name.indexOf('@');
   if (at >= 0) {
-    digest = name.slice(at + 1);
+    const raw = name.slice(at + 1);
     name = name.slice(0, at);
-    if (!isSha256Digest(digest)) throw new RegistryError('DIGEST_INVALID', `"${digest}" is not a sha256 digest`);
+    digest = parseDigest(raw);
+    if (digest === undefined) throw new RegistryError('DIGEST_INVALID', `"${raw.slice(0, 100)}" is not a sha256 digest`);
   }
   let tag: string | undefined;
   const colon = name.lastIndexOf(':');

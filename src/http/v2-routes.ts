@@ -87,10 +87,11 @@ export function v2Routes(d: V2Deps): Hono<AppEnv> {
         );
       }
       case 'blobs': {
+        if (route.digest === undefined) throw new RegistryError('DIGEST_INVALID', 'not a sha256 digest');
         const b = await d.blobs.get({
           registry: route.registry,
           repository: route.repository,
-          digest: route.reference,
+          digest: route.digest,
           method,
           range: usableRange(c.req.header('range')),
         });

@@ -12,6 +12,7 @@ import { Readable } from 'node:stream';
 import { sendChunks, type BodySource } from '../storage/body-source.ts';
 import type { ByteRange } from '../oci/range.ts';
 import type { RegistryError } from '../errors.ts';
+import type { Digest } from '../oci/digest.ts';
 
 export type FillFailure = 'digest_mismatch' | 'size_mismatch' | 'truncated' | 'upstream_error' | 'disk_error' | 'no_room' | 'aborted';
 
@@ -85,7 +86,7 @@ interface Block {
 }
 
 export class BlobFill {
-  readonly digest: string;
+  readonly digest: Digest;
   /** The registry/repository whose upstream request this fill is. */
   readonly origin: string;
   readonly tempPath: string;
@@ -115,7 +116,7 @@ export class BlobFill {
   private resolveReady!: () => void;
   private rejectReady!: (e: Error) => void;
 
-  constructor(digest: string, origin: string, tempPath: string, private readonly hooks: FillHooks) {
+  constructor(digest: Digest, origin: string, tempPath: string, private readonly hooks: FillHooks) {
     this.digest = digest;
     this.origin = origin;
     this.tempPath = tempPath;

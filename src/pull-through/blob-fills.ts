@@ -2,6 +2,7 @@
 import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
 import { BlobFill, WindowBudget, type FillFailure, type FillHooks } from './blob-fill.ts';
+import type { Digest } from '../oci/digest.ts';
 
 export type StartFill = Omit<FillHooks, 'onFinished' | 'windowBudget'>;
 
@@ -12,7 +13,7 @@ export type StartFill = Omit<FillHooks, 'onFinished' | 'windowBudget'>;
 const FILL_WINDOWS_BYTES = 32 * 1024 * 1024;
 
 export class BlobFills {
-  private readonly inFlight = new Map<string, BlobFill>();
+  private readonly inFlight = new Map<Digest, BlobFill>();
   private readonly idle = new Set<() => void>();
   private readonly windowBudget = new WindowBudget(FILL_WINDOWS_BYTES);
 
@@ -23,7 +24,7 @@ export class BlobFills {
     metrics.fillMemory = () => this.windowBudget.used;
   }
 
-  get(digest: string): BlobFill | undefined {
+  get(digest: Digest): BlobFill | undefined {
     return this.inFlight.get(digest);
   }
 
@@ -49,7 +50,7 @@ export class BlobFills {
    * Join the fill of `digest` if one runs, else start one with `hooks`. Registration is
    * synchronous, so concurrent callers in the same tick all end up on the same fill.
    */
-  joinOrStart(digest: string, origin: string, tempPath: string, hooks: StartFill): { fill: BlobFill; joined: boolean } {
+  joinOrStart(digest: Digest, origin: string, tempPath: string, hooks: StartFill): { fill: BlobFill; joined: boolean } {
     const existing = this.inFlight.get(digest);
     if (existing) {
       this.metrics.coalescedWaiters.inc();

@@ -3,6 +3,7 @@
 // (a manifest of that repository listed it, or the upstream confirmed it for that repository
 // with our credentials), so content fetched with credentials never leaks across names.
 import { Readable } from 'node:stream';
+import type { Digest } from '../oci/digest.ts';
 import { RegistryError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
 import type { CacheResult, Metrics } from '../metrics.ts';
@@ -22,7 +23,7 @@ import { errorFromTransport, errorFromUpstream } from './upstream-errors.ts';
 export interface BlobRequest {
   registry: string;
   repository: string;
-  digest: string;
+  digest: Digest;
   method: 'GET' | 'HEAD';
   range: string | undefined;
 }
@@ -73,7 +74,7 @@ function rangeFor(header: string | undefined, size: number): ByteRange | undefin
   }
 }
 
-function headersFor(digest: string, size: number, range: ByteRange | undefined): { status: 200 | 206; headers: Record<string, string> } {
+function headersFor(digest: Digest, size: number, range: ByteRange | undefined): { status: 200 | 206; headers: Record<string, string> } {
   const headers: Record<string, string> = {
     'Content-Type': OCTET,
     'Docker-Content-Digest': digest,
@@ -100,7 +101,7 @@ export class BlobService {
   }
 
   /** Resolves once no fill of `digest` is in flight (it committed or failed). */
-  async settled(digest: string): Promise<void> {
+  async settled(digest: Digest): Promise<void> {
     await this.d.fills.get(digest)?.settled;
   }
 

@@ -2,12 +2,11 @@
 // the registry's tagTTL, then revalidated with a HEAD upstream (HEAD does not count against
 // Docker Hub's pull limit) and re-fetched with a GET only when the digest changed; served
 // stale when the upstream cannot answer. Every manifest's sha256 is checked before caching.
-import { createHash } from 'node:crypto';
 import { RegistryError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
 import type { CacheResult, Metrics } from '../metrics.ts';
 import { MAX_MANIFEST_BYTES, MT, accepts, guessManifestMediaType, parseManifest, upstreamAccept } from '../oci/media-types.ts';
-import { isSha256Digest } from '../oci/reference.ts';
+import { digestOf, isDigest, parseDigest, type Digest } from '../oci/digest.ts';
 import type { CacheIndex, ManifestMeta } from '../storage/cache-index.ts';
 import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
 import type { DiskHealth } from '../storage/disk-health.ts';
@@ -25,7 +24,7 @@ export interface ManifestRequest {
 }
 
 export interface ManifestResponse {
-  digest: string;
+  digest: Digest;
   mediaType: string;
   body: Buffer;
   cache: CacheResult;
@@ -45,12 +44,11 @@ export interface ManifestServiceDeps {
 }
 
 interface Fetched {
-  digest: string;
+  digest: Digest;
   mediaType: string;
   body: Buffer;
 }
 
-const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 const MANIFEST_TYPES: ReadonlySet<string> = new Set(Object.values(MT));
 
@@ -105,7 +103,7 @@ export class ManifestService {
   }
 
   /** The cached bytes of a manifest, if held and readable. */
-  private async cached(digest: string): Promise<Buffer | undefined> {
+  private async cached(digest: Digest): Promise<Buffer | undefined> {
     const mem = this.d.memory.get(digest);
     if (mem) {
       this.d.disk.touch(digest);
@@ -122,17 +120,18 @@ export class ManifestService {
   }
 
   async get(req: ManifestRequest): Promise<ManifestResponse> {
-    return isSha256Digest(req.reference) ? this.byDigest(req) : this.byTag(req);
+    const digest = parseDigest(req.reference);
+    return digest !== undefined ? this.byDigest(req, digest) : this.byTag(req);
   }
 
-  private async byDigest(req: ManifestRequest): Promise<ManifestResponse> {
+  private async byDigest(req: ManifestRequest, digest: Digest): Promise<ManifestResponse> {
     const { index } = this.d;
-    const meta = index.manifestMeta(req.reference) ?? this.storing.get(req.reference);
-    const linked = index.isLinked(req.registry, req.repository, req.reference);
+    const meta = index.manifestMeta(digest) ?? this.storing.get(digest);
+    const linked = index.isLinked(req.registry, req.repository, digest);
     if (meta && linked) {
-      const body = await this.cached(req.reference);
+      const body = await this.cached(digest);
       if (body && accepts(req.accept, meta.mediaType)) {
-        return { digest: req.reference, mediaType: meta.mediaType, body, cache: 'hit' };
+        return { digest, mediaType: meta.mediaType, body, cache: 'hit' };
       }
       if (body) {
         // Cached, but in a media type this client did not ask for: ask again with its Accept.
@@ -142,7 +141,7 @@ export class ManifestService {
         } catch (e) {
           if (!isOutage(e, e instanceof RegistryError ? e.status : undefined)) throw e;
           this.stale(req, 'unavailable');
-          return { digest: req.reference, mediaType: meta.mediaType, body, cache: 'stale' };
+          return { digest, mediaType: meta.mediaType, body, cache: 'stale' };
         }
       }
     }
@@ -154,7 +153,7 @@ export class ManifestService {
     const { index } = this.d;
     const frozen = index.frozen(req.registry, req.repository, req.reference);
     // A frozen tag serves its digest whatever the upstream says, without asking it.
-    if (frozen) return this.byDigest({ ...req, reference: frozen.digest });
+    if (frozen) return this.byDigest({ ...req, reference: frozen.digest }, frozen.digest);
     const rec = index.tag(req.registry, req.repository, req.reference);
     const body = rec ? await this.cached(rec.digest) : undefined;
     if (!rec || !body) {
@@ -245,9 +244,9 @@ export class ManifestService {
       throw new RegistryError('MANIFEST_INVALID', `manifest of ${cl} bytes exceeds the ${MAX_MANIFEST_BYTES}-byte limit`, { status: 502 });
     }
     const body = await readCapped(res, MAX_MANIFEST_BYTES);
-    const digest = sha256(body);
+    const digest = digestOf(body);
     const claimed = res.headers['docker-content-digest'];
-    const expected = isSha256Digest(req.reference) ? req.reference : claimed && isSha256Digest(claimed) ? claimed : undefined;
+    const expected = parseDigest(req.reference) ?? (claimed !== undefined ? parseDigest(claimed) : undefined);
     if (expected && expected !== digest) {
       this.d.metrics.digestMismatches.inc({ kind: 'manifest' });
       this.d.logger.warn({ registry: req.registry, repository: req.repository, reference: req.reference, expected, actual: digest }, 'manifest digest mismatch; not cached');
@@ -262,7 +261,7 @@ export class ManifestService {
     }
     this.d.memory.set(digest, body);
     const { index } = this.d;
-    const childRefs = [...refs.blobs, ...refs.manifests].filter(isSha256Digest);
+    const childRefs = [...refs.blobs, ...refs.manifests].filter(isDigest);
     if (this.d.health.writable && !this.storing.has(digest)) {
       // Written to disk after the answer: the memory copy serves meanwhile, and only content
       // on disk is recorded as cached.
@@ -284,9 +283,8 @@ export class ManifestService {
     }
 
     index.link(req.registry, req.repository, digest);
-    for (const d of refs.blobs) if (isSha256Digest(d)) index.link(req.registry, req.repository, d);
-    for (const d of refs.manifests) if (isSha256Digest(d)) index.link(req.registry, req.repository, d);
-    if (!isSha256Digest(req.reference)) {
+    for (const d of childRefs) index.link(req.registry, req.repository, d);
+    if (!isDigest(req.reference)) {
       const prev = index.tag(req.registry, req.repository, req.reference);
       index.setTag(req.registry, req.repository, req.reference, { digest, mediaType, checkedAt: this.now() });
       if (prev && prev.digest !== digest) {

@@ -4,8 +4,9 @@
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { FillError } from './blob-fill.ts';
+import type { Digest } from '../oci/digest.ts';
 
-export function verifiedStream(body: Readable, digest: string, size: number | undefined, onDone: (outcome: 'ok' | FillError) => void): Readable {
+export function verifiedStream(body: Readable, digest: Digest, size: number | undefined, onDone: (outcome: 'ok' | FillError) => void): Readable {
   async function* verify(): AsyncGenerator<Buffer> {
     const hash = createHash('sha256');
     let pending: Buffer | undefined;

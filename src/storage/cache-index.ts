@@ -6,10 +6,11 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import type { Logger } from '../logger.ts';
+import { isDigest, type Digest } from '../oci/digest.ts';
 import type { CacheLayout } from './layout.ts';
 
 export interface TagRecord {
-  digest: string;
+  digest: Digest;
   mediaType: string;
   /** When the upstream last confirmed this digest for the tag (ms since epoch). */
   checkedAt: number;
@@ -19,7 +20,7 @@ export interface ManifestMeta {
   mediaType: string;
   size: number;
   /** Digests this manifest references: blobs, and child manifests for an index. */
-  refs: string[];
+  refs: Digest[];
 }
 
 export interface HistoryRecord {
@@ -27,8 +28,8 @@ export interface HistoryRecord {
   registry: string;
   repository: string;
   tag: string;
-  oldDigest: string | null;
-  newDigest: string;
+  oldDigest: Digest | null;
+  newDigest: Digest;
   source: 'upstream' | 'freeze' | 'unfreeze';
 }
 
@@ -37,26 +38,26 @@ export interface PinRecord {
   ref: string;
   registry: string;
   repository: string;
-  digests: string[];
+  digests: Digest[];
   createdAt: number;
 }
 
 export interface FreezeRecord {
-  digest: string;
+  digest: Digest;
   at: number;
 }
 
 type JournalRecord =
-  | { t: 'link'; r: string; n: string; d: string }
-  | { t: 'unlink'; r: string; n: string; d?: string }
-  | { t: 'manifest'; d: string; mt: string; size: number; refs?: string[] }
-  | { t: 'unmanifest'; d: string }
-  | { t: 'tag'; r: string; n: string; tag: string; d: string; mt: string; at: number }
+  | { t: 'link'; r: string; n: string; d: Digest }
+  | { t: 'unlink'; r: string; n: string; d?: Digest }
+  | { t: 'manifest'; d: Digest; mt: string; size: number; refs?: Digest[] }
+  | { t: 'unmanifest'; d: Digest }
+  | { t: 'tag'; r: string; n: string; tag: string; d: Digest; mt: string; at: number }
   | { t: 'untag'; r: string; n: string; tag: string }
-  | { t: 'hist'; r: string; n: string; tag: string; from: string | null; to: string; at: number; src: HistoryRecord['source'] }
-  | { t: 'pin'; ref: string; r: string; n: string; ds: string[]; at: number }
+  | { t: 'hist'; r: string; n: string; tag: string; from: Digest | null; to: Digest; at: number; src: HistoryRecord['source'] }
+  | { t: 'pin'; ref: string; r: string; n: string; ds: Digest[]; at: number }
   | { t: 'unpin'; ref: string }
-  | { t: 'freeze'; r: string; n: string; tag: string; d: string; at: number }
+  | { t: 'freeze'; r: string; n: string; tag: string; d: Digest; at: number }
   | { t: 'unfreeze'; r: string; n: string; tag: string };
 
 const repoKey = (registry: string, name: string) => `${registry}/${name}`;
@@ -67,14 +68,14 @@ const splitKey = (key: string): [string, string] => {
 const MAX_HISTORY_PER_REPO = 1000;
 
 export class CacheIndex {
-  private readonly links = new Map<string, Set<string>>();
-  private readonly manifests = new Map<string, ManifestMeta>();
+  private readonly links = new Map<string, Set<Digest>>();
+  private readonly manifests = new Map<Digest, ManifestMeta>();
   /** How many cached manifests reference each digest. */
-  private readonly refCounts = new Map<string, number>();
+  private readonly refCounts = new Map<Digest, number>();
   private readonly tags = new Map<string, Map<string, TagRecord>>();
   private readonly history = new Map<string, HistoryRecord[]>();
   private readonly pins = new Map<string, PinRecord>();
-  private readonly pinCounts = new Map<string, number>();
+  private readonly pinCounts = new Map<Digest, number>();
   private readonly freezes = new Map<string, Map<string, FreezeRecord>>();
   private journal: WriteStream | undefined;
   private journalRetryAt = 0;
@@ -86,7 +87,7 @@ export class CacheIndex {
   ) {}
 
   /** Replay the journal; `present(digest)` drops manifest records whose content is gone. */
-  async init(present: (digest: string) => boolean = () => true): Promise<{ records: number; skipped: number }> {
+  async init(present: (digest: Digest) => boolean = () => true): Promise<{ records: number; skipped: number }> {
     await fs.mkdir(this.layout.indexDir, { recursive: true });
     let text = '';
     try {
@@ -99,7 +100,7 @@ export class CacheIndex {
     for (const line of text.split('\n')) {
       if (!line) continue;
       try {
-        this.apply(JSON.parse(line) as JournalRecord);
+        this.apply(checkedRecord(JSON.parse(line)));
         records++;
       } catch {
         skipped++;
@@ -219,11 +220,11 @@ export class CacheIndex {
     }
   }
 
-  private countRefs(refs: string[], delta: 1 | -1): void {
+  private countRefs(refs: Digest[], delta: 1 | -1): void {
     for (const d of refs) bump(this.refCounts, d, delta);
   }
 
-  private countPins(digests: string[], delta: 1 | -1): void {
+  private countPins(digests: Digest[], delta: 1 | -1): void {
     for (const d of digests) bump(this.pinCounts, d, delta);
   }
 
@@ -246,20 +247,20 @@ export class CacheIndex {
 
   // ---- links -------------------------------------------------------------------------
 
-  isLinked(registry: string, name: string, digest: string): boolean {
+  isLinked(registry: string, name: string, digest: Digest): boolean {
     return this.links.get(repoKey(registry, name))?.has(digest) ?? false;
   }
 
-  link(registry: string, name: string, digest: string): void {
+  link(registry: string, name: string, digest: Digest): void {
     if (!this.isLinked(registry, name, digest)) this.append({ t: 'link', r: registry, n: name, d: digest });
   }
 
-  unlink(registry: string, name: string, digest?: string): void {
+  unlink(registry: string, name: string, digest?: Digest): void {
     this.append(digest === undefined ? { t: 'unlink', r: registry, n: name } : { t: 'unlink', r: registry, n: name, d: digest });
   }
 
   /** Whether any repository other than (registry, name) links the digest. */
-  linkedElsewhere(digest: string, registry: string, name: string): boolean {
+  linkedElsewhere(digest: Digest, registry: string, name: string): boolean {
     const own = repoKey(registry, name);
     for (const [k, set] of this.links) if (k !== own && set.has(digest)) return true;
     return false;
@@ -273,32 +274,32 @@ export class CacheIndex {
     });
   }
 
-  linksOf(registry: string, name: string): string[] {
+  linksOf(registry: string, name: string): Digest[] {
     return [...(this.links.get(repoKey(registry, name)) ?? [])];
   }
 
   // ---- manifests ---------------------------------------------------------------------
 
-  manifestMeta(digest: string): ManifestMeta | undefined {
+  manifestMeta(digest: Digest): ManifestMeta | undefined {
     return this.manifests.get(digest);
   }
 
-  recordManifest(digest: string, mediaType: string, size: number, refs: string[] = []): void {
+  recordManifest(digest: Digest, mediaType: string, size: number, refs: Digest[] = []): void {
     const cur = this.manifests.get(digest);
     if (!cur || cur.mediaType !== mediaType || cur.refs.length !== refs.length) this.append({ t: 'manifest', d: digest, mt: mediaType, size, refs });
   }
 
   /** The manifest's content is gone (evicted, purged): forget what it referenced. */
-  forgetManifest(digest: string): void {
+  forgetManifest(digest: Digest): void {
     if (this.manifests.has(digest)) this.append({ t: 'unmanifest', d: digest });
   }
 
-  isManifest(digest: string): boolean {
+  isManifest(digest: Digest): boolean {
     return this.manifests.has(digest);
   }
 
   /** Referenced by some cached manifest, or the target of some tag. */
-  isReferenced(digest: string): boolean {
+  isReferenced(digest: Digest): boolean {
     if ((this.refCounts.get(digest) ?? 0) > 0) return true;
     if (this.manifests.has(digest)) {
       for (const m of this.tags.values()) for (const t of m.values()) if (t.digest === digest) return true;
@@ -331,7 +332,7 @@ export class CacheIndex {
     this.append({ t: 'untag', r: registry, n: name, tag });
   }
 
-  private appendHistory(registry: string, name: string, tag: string, from: string | null, to: string, src: HistoryRecord['source'], at: number): void {
+  private appendHistory(registry: string, name: string, tag: string, from: Digest | null, to: Digest, src: HistoryRecord['source'], at: number): void {
     this.append({ t: 'hist', r: registry, n: name, tag, from, to, at, src });
   }
 
@@ -350,7 +351,7 @@ export class CacheIndex {
     return [...(this.freezes.get(repoKey(registry, name)) ?? new Map<string, FreezeRecord>()).entries()];
   }
 
-  freeze(registry: string, name: string, tag: string, digest: string, now = Date.now()): void {
+  freeze(registry: string, name: string, tag: string, digest: Digest, now = Date.now()): void {
     const current = this.frozen(registry, name, tag)?.digest ?? this.tag(registry, name, tag)?.digest ?? null;
     this.append({ t: 'freeze', r: registry, n: name, tag, d: digest, at: now });
     if (current !== digest) this.appendHistory(registry, name, tag, current, digest, 'freeze', now);
@@ -377,7 +378,7 @@ export class CacheIndex {
     return true;
   }
 
-  isPinned(digest: string): boolean {
+  isPinned(digest: Digest): boolean {
     return (this.pinCounts.get(digest) ?? 0) > 0;
   }
 
@@ -397,8 +398,23 @@ export class CacheIndex {
   }
 }
 
-function bump(m: Map<string, number>, key: string, delta: 1 | -1): void {
+function bump(m: Map<Digest, number>, key: Digest, delta: 1 | -1): void {
   const n = (m.get(key) ?? 0) + delta;
   if (n <= 0) m.delete(key);
   else m.set(key, n);
+}
+
+/**
+ * A journal line as parsed JSON, checked before it is applied: every digest field must be a
+ * valid digest (a hand-edited or corrupted journal cannot put a path into a file name).
+ */
+function checkedRecord(v: unknown): JournalRecord {
+  if (typeof v !== 'object' || v === null) throw new Error('not a record');
+  const r = v as Record<string, unknown>;
+  const digestField = (x: unknown) => x === undefined || x === null || (typeof x === 'string' && isDigest(x));
+  const digestList = (x: unknown) => x === undefined || (Array.isArray(x) && x.every((e) => typeof e === 'string' && isDigest(e)));
+  if (!digestField(r.d) || !digestField(r.from) || !digestField(r.to) || !digestList(r.refs) || !digestList(r.ds)) {
+    throw new Error('record with an invalid digest');
+  }
+  return r as unknown as JournalRecord;
 }

@@ -7,6 +7,7 @@ import type { ByteRange } from '../oci/range.ts';
 import type { BlobStore } from './blob-store.ts';
 import type { CacheLayout } from './layout.ts';
 import { OpenFile } from './open-file.ts';
+import { digestFromHex, type Digest } from '../oci/digest.ts';
 
 /** How often at most a read refreshes a blob's mtime (its persisted recency). */
 const TOUCH_PERSIST_MS = 10 * 60_000;
@@ -17,10 +18,10 @@ const TOUCH_PERSIST_MS = 10 * 60_000;
  * as file mtimes, so it survives a restart) and the count of open readers per digest.
  */
 export class DiskBlobStore implements BlobStore {
-  private readonly sizes = new Map<string, number>();
+  private readonly sizes = new Map<Digest, number>();
   /** digest -> last access (ms). Map order is recency order: oldest first. */
-  private readonly recency = new Map<string, { at: number; persisted: number }>();
-  private readonly readers = new Map<string, number>();
+  private readonly recency = new Map<Digest, { at: number; persisted: number }>();
+  private readonly readers = new Map<Digest, number>();
   private totalBytes = 0;
 
   constructor(
@@ -41,16 +42,17 @@ export class DiskBlobStore implements BlobStore {
     this.sizes.clear();
     this.recency.clear();
     this.totalBytes = 0;
-    const found: Array<{ digest: string; size: number; mtime: number }> = [];
+    const found: Array<{ digest: Digest; size: number; mtime: number }> = [];
     // Synchronous on purpose: this runs once, before the server listens, and 100k stat calls
     // in a tight loop take a third of the time the same calls take through the thread pool.
     for (const shard of readdirSync(this.layout.blobsDir)) {
       if (!/^[a-f0-9]{2}$/.test(shard)) continue;
       const dir = path.join(this.layout.blobsDir, shard);
       for (const name of readdirSync(dir)) {
-        if (!/^[a-f0-9]{64}$/.test(name) || !name.startsWith(shard)) continue;
+        const digest = digestFromHex(name);
+        if (digest === undefined || !name.startsWith(shard)) continue;
         const st = statSync(path.join(dir, name), { throwIfNoEntry: false });
-        if (st?.isFile()) found.push({ digest: `sha256:${name}`, size: st.size, mtime: st.mtimeMs });
+        if (st?.isFile()) found.push({ digest, size: st.size, mtime: st.mtimeMs });
       }
     }
     found.sort((a, b) => a.mtime - b.mtime);
@@ -72,7 +74,7 @@ export class DiskBlobStore implements BlobStore {
   }
 
   /** Record a read: moves the digest to the most-recent end; persists it now and then. */
-  touch(digest: string, now = Date.now()): void {
+  touch(digest: Digest, now = Date.now()): void {
     const r = this.recency.get(digest);
     if (!r) return;
     this.recency.delete(digest);
@@ -97,37 +99,37 @@ export class DiskBlobStore implements BlobStore {
     return n;
   }
 
-  lastAccess(digest: string): number | undefined {
+  lastAccess(digest: Digest): number | undefined {
     return this.recency.get(digest)?.at;
   }
 
   /** Digests from least to most recently used. */
-  lruOrder(): IterableIterator<string> {
+  lruOrder(): IterableIterator<Digest> {
     return this.recency.keys();
   }
 
   /** Whether a reader has the digest open right now. */
-  isOpen(digest: string): boolean {
+  isOpen(digest: Digest): boolean {
     return (this.readers.get(digest) ?? 0) > 0;
   }
 
-  has(digest: string): boolean {
+  has(digest: Digest): boolean {
     return this.sizes.has(digest);
   }
 
-  sizeOf(digest: string): number | undefined {
+  sizeOf(digest: Digest): number | undefined {
     return this.sizes.get(digest);
   }
 
-  async stat(digest: string): Promise<number | undefined> {
+  async stat(digest: Digest): Promise<number | undefined> {
     return this.sizes.get(digest);
   }
 
-  pathOf(digest: string): string {
+  pathOf(digest: Digest): string {
     return this.layout.blobPath(digest);
   }
 
-  async open(digest: string, range?: ByteRange): Promise<Readable | undefined> {
+  async open(digest: Digest, range?: ByteRange): Promise<Readable | undefined> {
     if (!this.sizes.has(digest)) return undefined;
     const file = this.layout.blobPath(digest);
     try {
@@ -158,7 +160,7 @@ export class DiskBlobStore implements BlobStore {
   }
 
   /** The committed file for one response (see OpenFile); undefined on a miss. */
-  async openFile(digest: string, range?: ByteRange): Promise<OpenFile | undefined> {
+  async openFile(digest: Digest, range?: ByteRange): Promise<OpenFile | undefined> {
     const size = this.sizes.get(digest);
     if (size === undefined) return undefined;
     let fh;
@@ -180,7 +182,7 @@ export class DiskBlobStore implements BlobStore {
     });
   }
 
-  async read(digest: string): Promise<Buffer | undefined> {
+  async read(digest: Digest): Promise<Buffer | undefined> {
     if (!this.sizes.has(digest)) return undefined;
     try {
       const b = await fs.readFile(this.layout.blobPath(digest));
@@ -195,7 +197,7 @@ export class DiskBlobStore implements BlobStore {
     }
   }
 
-  async put(digest: string, data: Buffer): Promise<void> {
+  async put(digest: Digest, data: Buffer): Promise<void> {
     if (this.sizes.has(digest)) return;
     const tmp = this.layout.tempPath(digest);
     const fh = await fs.open(tmp, 'w');
@@ -209,12 +211,12 @@ export class DiskBlobStore implements BlobStore {
   }
 
   /** A fresh temp file for a fill. The caller verifies, then calls commitTemp or discards it. */
-  tempPathFor(digest: string): string {
+  tempPathFor(digest: Digest): string {
     return this.layout.tempPath(digest);
   }
 
   /** Rename a verified, fsync'd temp file into place. */
-  async commitTemp(tmp: string, digest: string, size: number): Promise<void> {
+  async commitTemp(tmp: string, digest: Digest, size: number): Promise<void> {
     const final = this.layout.blobPath(digest);
     await fs.mkdir(path.dirname(final), { recursive: true });
     await fs.rename(tmp, final);
@@ -227,12 +229,12 @@ export class DiskBlobStore implements BlobStore {
     this.recency.set(digest, { at: now, persisted: now });
   }
 
-  async delete(digest: string): Promise<void> {
+  async delete(digest: Digest): Promise<void> {
     await fs.rm(this.layout.blobPath(digest), { force: true });
     this.forget(digest);
   }
 
-  private forget(digest: string): void {
+  private forget(digest: Digest): void {
     const s = this.sizes.get(digest);
     if (s !== undefined) {
       this.sizes.delete(digest);

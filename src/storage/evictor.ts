@@ -8,6 +8,7 @@ import type { Metrics } from '../metrics.ts';
 import type { CacheIndex } from './cache-index.ts';
 import type { DiskBlobStore } from './disk-blob-store.ts';
 import type { MemoryCache } from './memory-cache.ts';
+import type { Digest } from '../oci/digest.ts';
 
 export interface EvictorOptions {
   maxBytes: number;
@@ -88,7 +89,7 @@ export class Evictor {
     }
   }
 
-  private evictable(digest: string): boolean {
+  private evictable(digest: Digest): boolean {
     return !this.index.isPinned(digest) && !this.disk.isOpen(digest);
   }
 
@@ -96,7 +97,7 @@ export class Evictor {
   async evict(target: number, countInFlight = true): Promise<number> {
     const usage = () => (countInFlight ? this.usage() : this.disk.bytes);
     let freed = 0;
-    const passes: Array<[EvictionReason, (d: string) => boolean]> = [
+    const passes: Array<[EvictionReason, (d: Digest) => boolean]> = [
       ['unreferenced', (d) => !this.index.isReferenced(d)],
       ['lru', () => true],
     ];
@@ -118,7 +119,7 @@ export class Evictor {
   }
 
   /** Delete one digest from disk and memory, and forget it as a manifest. */
-  async remove(digest: string, reason: EvictionReason | 'purge'): Promise<number> {
+  async remove(digest: Digest, reason: EvictionReason | 'purge'): Promise<number> {
     const size = this.disk.sizeOf(digest) ?? 0;
     await this.disk.delete(digest);
     this.memory.delete(digest);

@@ -10,7 +10,7 @@
 //                                             repository references which digest, manifest media
 //                                             types, tag -> digest records; compacted at start-up
 import path from 'node:path';
-import { digestHex } from '../oci/reference.ts';
+import { digestHex, type Digest } from '../oci/digest.ts';
 
 export class CacheLayout {
   readonly blobsDir: string;
@@ -25,13 +25,13 @@ export class CacheLayout {
     this.journalFile = path.join(this.indexDir, 'journal.jsonl');
   }
 
-  /** Callers pass only digests validated as sha256:<64 hex>, so this can never escape the root. */
-  blobPath(digest: string): string {
+  /** A Digest is sha256:<64 hex> by construction, so this can never escape the root. */
+  blobPath(digest: Digest): string {
     const hex = digestHex(digest);
     return path.join(this.blobsDir, hex.slice(0, 2), hex);
   }
 
-  tempPath(digest: string): string {
+  tempPath(digest: Digest): string {
     const rand = Math.random().toString(36).slice(2, 10);
     return path.join(this.tmpDir, `${digestHex(digest)}.${process.pid}.${rand}.part`);
   }

@@ -1,4 +1,5 @@
 import { LRUCache } from 'lru-cache';
+import type { Digest } from '../oci/digest.ts';
 
 /** The memory tier: manifests and small blobs, bounded in bytes (cache.memoryBytes). */
 export class MemoryCache {
@@ -14,15 +15,15 @@ export class MemoryCache {
     });
   }
 
-  get(digest: string): Buffer | undefined {
+  get(digest: Digest): Buffer | undefined {
     return this.lru.get(digest);
   }
 
-  set(digest: string, data: Buffer): void {
+  set(digest: Digest, data: Buffer): void {
     if (data.length <= this.maxObjectBytes) this.lru.set(digest, data);
   }
 
-  delete(digest: string): void {
+  delete(digest: Digest): void {
     this.lru.delete(digest);
   }
 
