@@ -28,7 +28,8 @@ before(async () => {
   images = await pushImages(upstream, built);
   tamper = await startTamperProxy(upstream.url);
   proxy = await startOcirelay({
-    registries: { 'docker.io': { url: tamper.url } },
+    // The tamper proxy's CDN is another loopback address: trusted, or its redirects are refused.
+    registries: { 'docker.io': { url: tamper.url, trustedHosts: [new URL(tamper.cdnUrl).host] } },
     upstream: { headersTimeout: '2s', idleTimeout: '2s', retries: 1, breakerMaxFails: 1000 },
   });
 });

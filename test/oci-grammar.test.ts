@@ -19,12 +19,13 @@ test('repository names and tags follow the distribution grammar', () => {
 test('the three client forms route to the right registry; docker.io gets library/', () => {
   assert.deepEqual(
     { ...router.resolve('alpine/manifests/3.19', 'docker.io') },
-    { kind: 'manifests', registry: 'docker.io', repository: 'library/alpine', reference: '3.19', clientPath: '/v2/alpine/manifests' },
+    { kind: 'manifests', registry: 'docker.io', repository: 'library/alpine', reference: '3.19', digest: undefined, clientPath: '/v2/alpine/manifests' },
   );
   const prefixed = router.resolve('ghcr.io/org/app/blobs/' + D, undefined);
   assert.equal(prefixed.registry, 'ghcr.io');
   assert.equal(prefixed.repository, 'org/app');
   assert.equal(prefixed.kind, 'blobs');
+  assert.equal(prefixed.digest, D);
   const bare = router.resolve('library/alpine/tags/list', undefined);
   assert.equal(bare.registry, 'docker.io');
   assert.equal(bare.repository, 'library/alpine');
