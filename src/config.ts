@@ -12,6 +12,8 @@ export interface RegistryConfig {
   readonly username?: string;
   readonly password?: string;
   readonly tagTtlMs: number;
+  /** How long an upstream 404 (unknown tag, manifest, blob or repository) is remembered; 0 disables. */
+  readonly negativeTtlMs: number;
   /** `host` / `host:port` entries that may be reached at non-public addresses and get realm credentials. */
   readonly trustedHosts?: readonly string[];
   /** Present when caFile or certFile/keyFile is set: `ca` is the whole list (system + NODE_EXTRA_CA_CERTS + caFile). */
@@ -26,6 +28,8 @@ export interface Config {
   readonly cache: {
     readonly maxBytes: number;
     readonly memoryBytes: number;
+    /** Cap on a blob fill whose size the upstream did not announce (chunked): beyond it the fill is aborted. */
+    readonly maxBlobBytes: number;
     /** Eviction starts when the disk cache exceeds this fraction of maxBytes... */
     readonly highWatermark: number;
     /** ...and frees down to this fraction. */
@@ -189,6 +193,7 @@ const registrySchema = z
     password: z.string().optional(),
     passwordFile: z.string().min(1).optional(),
     tagTTL: duration.optional(),
+    negativeTTL: duration.optional(),
     trustedHosts: z.array(z.string().min(1)).optional(),
     caFile: z.string().min(1).optional(),
     certFile: z.string().min(1).optional(),
@@ -209,7 +214,7 @@ const fileSchema = z
     defaultRegistry: z.string().optional(),
     registries: z.record(z.string(), registrySchema).optional(),
     cache: z
-      .object({ maxBytes: size.optional(), memoryBytes: size.optional(), highWatermark: fraction.optional(), lowWatermark: fraction.optional() })
+      .object({ maxBytes: size.optional(), memoryBytes: size.optional(), maxBlobBytes: size.optional(), highWatermark: fraction.optional(), lowWatermark: fraction.optional() })
       .strict()
       .optional(),
     admin: z.object({ listen: listen.optional(), token: z.string().min(8).optional(), tokenFile: z.string().min(1).optional() }).strict().optional(),
@@ -297,8 +302,9 @@ export function loadConfig(src: ConfigSources = {}): Config {
   const c = parsed.data;
 
   const defaultTagTtl = 5 * 60_000;
+  const defaultNegativeTtl = 30_000;
   const registries = new Map<string, RegistryConfig>();
-  for (const [name, url] of Object.entries(BUILTIN_REGISTRIES)) registries.set(name, Object.freeze({ name, url, tagTtlMs: defaultTagTtl }));
+  for (const [name, url] of Object.entries(BUILTIN_REGISTRIES)) registries.set(name, Object.freeze({ name, url, tagTtlMs: defaultTagTtl, negativeTtlMs: defaultNegativeTtl }));
   for (const [name, r] of Object.entries(c.registries ?? {})) {
     if (!REGISTRY_KEY_RE.test(name)) {
       throw new ConfigError(`invalid config: registries.${name}: registry keys are lower-case host names with an optional :port (example: ghcr.io)`);
@@ -315,6 +321,7 @@ export function loadConfig(src: ConfigSources = {}): Config {
       name,
       url: r.url.replace(/\/+$/, ''),
       tagTtlMs: r.tagTTL ?? defaultTagTtl,
+      negativeTtlMs: r.negativeTTL ?? defaultNegativeTtl,
       ...(r.username !== undefined ? { username: r.username } : {}),
       ...(password !== undefined ? { password } : {}),
       trustedHosts: Object.freeze(checkTrustedHosts(name, r.trustedHosts ?? [])),
@@ -330,6 +337,8 @@ export function loadConfig(src: ConfigSources = {}): Config {
   // The memory tier's default follows a small disk budget down, so `maxBytes` alone always starts.
   const memoryBytes = c.cache?.memoryBytes ?? Math.min(256 * 2 ** 20, Math.floor(maxBytes / 4));
   if (memoryBytes > maxBytes) throw new ConfigError('invalid config: cache.memoryBytes: must not exceed cache.maxBytes');
+  const maxBlobBytes = c.cache?.maxBlobBytes ?? 16 * 2 ** 30;
+  if (maxBlobBytes < 1) throw new ConfigError('invalid config: cache.maxBlobBytes: must be at least 1 byte');
   const highWatermark = c.cache?.highWatermark ?? 0.9;
   const lowWatermark = c.cache?.lowWatermark ?? 0.8;
   if (lowWatermark >= highWatermark) throw new ConfigError('invalid config: cache.lowWatermark: must be below cache.highWatermark');
@@ -349,7 +358,7 @@ export function loadConfig(src: ConfigSources = {}): Config {
     dataDir: path.resolve(cwd, c.dataDir ?? './data'),
     defaultRegistry,
     registries,
-    cache: Object.freeze({ maxBytes, memoryBytes, highWatermark, lowWatermark }),
+    cache: Object.freeze({ maxBytes, memoryBytes, maxBlobBytes, highWatermark, lowWatermark }),
     admin: Object.freeze({
       listen: Object.freeze(c.admin?.listen ?? { host: '127.0.0.1', port: 5050 }),
       ...(adminToken !== undefined ? { token: adminToken } : {}),

@@ -12,6 +12,7 @@ import { BlobFills } from './pull-through/blob-fills.ts';
 import { BlobService } from './pull-through/blob-service.ts';
 import { ListingService } from './pull-through/listing-service.ts';
 import { ManifestService } from './pull-through/manifest-service.ts';
+import { NegativeCache } from './pull-through/negative-cache.ts';
 import { CacheAdmin } from './admin/cache-admin.ts';
 import { createAdminApp } from './admin/admin-app.ts';
 import { ImagePuller } from './admin/image-puller.ts';
@@ -79,7 +80,7 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
     );
   }
 
-  const fills = new BlobFills(metrics, logger);
+  const fills = new BlobFills(metrics, logger, config.cache.maxBlobBytes);
   const evictor = new Evictor(disk, index, memory, metrics, logger, {
     maxBytes: config.cache.maxBytes,
     highWatermark: config.cache.highWatermark,
@@ -87,7 +88,9 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
     inFlightBytes: () => fills.inFlightBytes(),
   });
   const health = new DiskHealth(layout.tmpDir, metrics, logger, 5000, () => void evictor.check());
-  const blobs = new BlobService({ disk, memory, index, fills, upstreams, evictor, health, metrics, logger });
+  // Upstream 404s remembered for each registry's negativeTTL (shared by manifests and blobs).
+  const negative = new NegativeCache({ ttlMs: (registry) => config.registries.get(registry)?.negativeTtlMs ?? 30_000, metrics });
+  const blobs = new BlobService({ disk, memory, index, fills, upstreams, evictor, health, metrics, logger, negative });
   const manifests = new ManifestService({
     disk,
     memory,
@@ -98,6 +101,7 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
     metrics,
     logger,
     tagTtlMs: (registry) => config.registries.get(registry)?.tagTtlMs ?? 300_000,
+    negative,
   });
   const listings = new ListingService({ upstreams, index, metrics, logger });
   const router = new RegistryRouter(config.registries, config.defaultRegistry);

@@ -53,6 +53,8 @@ export interface FillHooks {
   reserve(size: number): Promise<void>;
   /** Keep an in-memory copy of blobs up to this size (for the memory tier). */
   smallCopyMax: number;
+  /** Cap on a fill whose upstream sent no Content-Length: the first byte beyond it aborts the fill. */
+  maxUnknownSize: number;
   /** Shared bound on the written batches fills keep in memory; without it, MEMORY_WINDOW per fill. */
   windowBudget?: WindowBudget;
 }
@@ -273,6 +275,9 @@ export class BlobFill {
               received += chunk.length;
               if (src.size !== undefined && received > src.size) {
                 throw new FillError('size_mismatch', `upstream sent more than its Content-Length ${src.size}`);
+              }
+              if (src.size === undefined && received > this.hooks.maxUnknownSize) {
+                throw new FillError('size_mismatch', `upstream body without Content-Length exceeds cache.maxBlobBytes (${this.hooks.maxUnknownSize})`);
               }
               hash.update(chunk);
               keep?.push(chunk);

@@ -4,7 +4,7 @@ import type { Metrics } from '../metrics.ts';
 import { BlobFill, WindowBudget, type FillFailure, type FillHooks } from './blob-fill.ts';
 import type { Digest } from '../oci/digest.ts';
 
-export type StartFill = Omit<FillHooks, 'onFinished' | 'windowBudget'>;
+export type StartFill = Omit<FillHooks, 'onFinished' | 'windowBudget' | 'maxUnknownSize'>;
 
 /**
  * Memory all fills together keep for readers close behind them (see BlobFill's window): a herd
@@ -20,6 +20,8 @@ export class BlobFills {
   constructor(
     private readonly metrics: Metrics,
     private readonly logger: Logger,
+    /** cache.maxBlobBytes: the cap on a fill (or pass-through) whose upstream sent no length. */
+    readonly maxBlobBytes: number = 16 * 2 ** 30,
   ) {
     metrics.fillMemory = () => this.windowBudget.used;
   }
@@ -59,6 +61,7 @@ export class BlobFills {
     const fill = new BlobFill(digest, origin, tempPath, {
       ...hooks,
       onFinished: (f, outcome) => this.finished(f, outcome),
+      maxUnknownSize: this.maxBlobBytes,
       windowBudget: this.windowBudget,
     });
     this.inFlight.set(digest, fill);

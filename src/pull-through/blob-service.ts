@@ -1,7 +1,9 @@
 // Serves blobs: memory tier -> disk tier -> the one in-flight fill for the digest -> a new fill.
-// A blob is served under a repository only once that repository is known to reference it
-// (a manifest of that repository listed it, or the upstream confirmed it for that repository
-// with our credentials), so content fetched with credentials never leaks across names.
+// A blob is served under a repository only once the upstream confirmed that this repository
+// may read it (a GET or HEAD of the blob under that registry/repository, with our credentials,
+// answered 200; recorded as a link). A manifest listing the digest is no such proof: anyone
+// can push a manifest naming someone else's private layer. So content fetched with
+// credentials never leaks across repositories or registries, even though the cache is shared.
 import { Readable } from 'node:stream';
 import type { Digest } from '../oci/digest.ts';
 import { RegistryError } from '../errors.ts';
@@ -19,6 +21,7 @@ import { FillError, NoRoomError, type BlobFill } from './blob-fill.ts';
 import type { BlobFills } from './blob-fills.ts';
 import { verifiedStream } from './verified-stream.ts';
 import { errorFromTransport, errorFromUpstream } from './upstream-errors.ts';
+import type { NegativeCache } from './negative-cache.ts';
 
 export interface BlobRequest {
   registry: string;
@@ -49,6 +52,8 @@ export interface BlobServiceDeps {
   health: DiskHealth;
   metrics: Metrics;
   logger: Logger;
+  /** Recent upstream 404s, answered without asking again; absent: every miss asks. */
+  negative?: NegativeCache;
 }
 
 const OCTET = 'application/octet-stream';
@@ -127,6 +132,8 @@ export class BlobService {
       // Deleted under us (eviction): fall through to a fill.
     }
 
+    // A blob the upstream recently said it lacks: 404 without a fill (and its log line).
+    this.d.negative?.check(req.registry, req.repository, 'blob', req.digest);
     if (req.method === 'HEAD') return this.headUpstream(req);
     if (!this.d.health.writable && !fills.get(req.digest)) return this.streamThrough(req);
 
@@ -200,7 +207,8 @@ export class BlobService {
     } catch (e) {
       throw errorFromTransport(e, req.registry);
     }
-    if (res.status !== 200) throw await errorFromUpstream(res, req.registry, 'BLOB_UNKNOWN');
+    if (res.status !== 200) throw this.notFound(req, await errorFromUpstream(res, req.registry, 'BLOB_UNKNOWN'));
+    this.d.negative?.forget(req.registry, req.repository, 'blob', req.digest);
     const size = contentLength(res);
     return { body: res.body, size };
   }
@@ -217,7 +225,7 @@ export class BlobService {
       this.d.metrics.fillResults.inc({ result: outcome.reason });
       if (outcome.reason === 'digest_mismatch' || outcome.reason === 'size_mismatch') this.d.metrics.digestMismatches.inc({ kind: 'blob' });
       this.d.logger.warn({ digest: req.digest, err: outcome.message }, 'pass-through failed verification; client stream aborted');
-    });
+    }, this.d.fills.maxBlobBytes);
     // A Range cannot be verified on its own: the whole blob is sent (clients accept a 200).
     return { status: 200, headers, body: stream, source: 'upstream', cache: 'bypass' };
   }
@@ -230,16 +238,24 @@ export class BlobService {
   /** HEAD the blob upstream for this repository (with our credentials); link it when it is there. */
   private async confirmUpstream(req: BlobRequest): Promise<UpstreamResponse> {
     const up = this.upstream(req.registry);
+    this.d.negative?.check(req.registry, req.repository, 'blob', req.digest);
     let res;
     try {
       res = await up.request({ method: 'HEAD', path: `/v2/${req.repository}/blobs/${req.digest}`, repository: req.repository });
     } catch (e) {
       throw errorFromTransport(e, req.registry);
     }
-    if (res.status !== 200) throw await errorFromUpstream(res, req.registry, 'BLOB_UNKNOWN');
+    if (res.status !== 200) throw this.notFound(req, await errorFromUpstream(res, req.registry, 'BLOB_UNKNOWN'));
     res.body.destroy();
+    this.d.negative?.forget(req.registry, req.repository, 'blob', req.digest);
     this.d.index.link(req.registry, req.repository, req.digest);
     return res;
+  }
+
+  /** Remembers an upstream 404 for this blob (or NAME_UNKNOWN for its repository); returns the error. */
+  private notFound(req: BlobRequest, e: RegistryError): RegistryError {
+    this.d.negative?.remember(req.registry, req.repository, 'blob', req.digest, e);
+    return e;
   }
 
   /** HEAD of a blob we do not hold: ask the upstream, fill nothing. */

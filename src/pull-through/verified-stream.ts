@@ -6,7 +6,14 @@ import { Readable } from 'node:stream';
 import { FillError } from './blob-fill.ts';
 import type { Digest } from '../oci/digest.ts';
 
-export function verifiedStream(body: Readable, digest: Digest, size: number | undefined, onDone: (outcome: 'ok' | FillError) => void): Readable {
+export function verifiedStream(
+  body: Readable,
+  digest: Digest,
+  size: number | undefined,
+  onDone: (outcome: 'ok' | FillError) => void,
+  /** Cap on a body without Content-Length (cache.maxBlobBytes). */
+  maxUnknownSize = Infinity,
+): Readable {
   async function* verify(): AsyncGenerator<Buffer> {
     const hash = createHash('sha256');
     let pending: Buffer | undefined;
@@ -15,6 +22,7 @@ export function verifiedStream(body: Readable, digest: Digest, size: number | un
       for await (const chunk of body as AsyncIterable<Buffer>) {
         n += chunk.length;
         if (size !== undefined && n > size) throw new FillError('size_mismatch', `upstream sent more than its Content-Length ${size}`);
+        if (size === undefined && n > maxUnknownSize) throw new FillError('size_mismatch', `upstream body without Content-Length exceeds ${maxUnknownSize} bytes`);
         hash.update(chunk);
         if (pending) yield pending;
         pending = chunk;
