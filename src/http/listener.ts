@@ -3,15 +3,15 @@
 // how big headers may be, how many sockets there are, and how long a client may refuse bytes.
 // requestTimeout stays 0: a whole blob may rightly take longer than any fixed bound, and the
 // send-stall watchdog cuts the clients that take nothing.
-import type { Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import type { Socket } from 'node:net';
-import { createAdaptorServer } from '@hono/node-server';
+import { getRequestListener } from '@hono/node-server';
 import type { Config } from '../config.ts';
 import type { Logger } from '../logger.ts';
 import { watchSendStalls } from './send-stall.ts';
 
 export type ListenerLimits = Config['server'];
-type FetchHandler = Parameters<typeof createAdaptorServer>[0]['fetch'];
+type FetchHandler = Parameters<typeof getRequestListener>[0];
 
 export interface Listener {
   server: Server;
@@ -23,17 +23,38 @@ export interface Listener {
 const checkingIntervalOf = (headersTimeoutMs: number) => Math.max(100, Math.min(1000, Math.floor(headersTimeoutMs / 4)));
 
 export function createListener(name: string, fetch: FetchHandler, limits: ListenerLimits, logger: Logger): Listener {
-  const server = createAdaptorServer({
-    fetch,
-    serverOptions: {
+  // A request the adapter cannot turn into a URL (a Host that is no authority, a backslash in
+  // the path) gets an OCI error body like every other refusal, not a bare 400.
+  const listener = getRequestListener(fetch, {
+    errorHandler: () => ociErrorResponse(400, 'NAME_INVALID', 'malformed request target or Host header'),
+  });
+  const server = createServer(
+    {
       headersTimeout: limits.headersTimeoutMs,
       requestTimeout: 0,
       keepAliveTimeout: limits.keepAliveTimeoutMs,
       maxHeaderSize: limits.maxHeaderSize,
       connectionsCheckingInterval: checkingIntervalOf(limits.headersTimeoutMs),
     },
-  }) as Server;
+    listener,
+  );
   server.maxConnections = limits.maxConnections;
+  // Node's parser refuses some requests before any handler runs (unknown method, malformed
+  // framing, oversized headers, headers timeout); answer those with an OCI error body too.
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    if (!socket.writable || err.code === 'ECONNRESET' || err.code === 'EPIPE') {
+      socket.destroy();
+      return;
+    }
+    const [status, code, reason] =
+      err.code === 'HPE_HEADER_OVERFLOW'
+        ? [431, 'UNSUPPORTED', 'Request Header Fields Too Large']
+        : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? [408, 'UNAVAILABLE', 'Request Timeout']
+          : [400, 'UNSUPPORTED', 'Bad Request'];
+    const body = JSON.stringify({ errors: [{ code, message: reason.toLowerCase() }] });
+    socket.end(`HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+  });
 
   // Refused connections are counted and logged at most every 10 s: a flood must not flood the log too.
   let dropped = 0;
@@ -54,4 +75,8 @@ export function createListener(name: string, fetch: FetchHandler, limits: Listen
     );
   });
   return { server, stop: stopWatch };
+}
+
+function ociErrorResponse(status: number, code: string, message: string): Response {
+  return new Response(JSON.stringify({ errors: [{ code, message }] }), { status, headers: { 'Content-Type': 'application/json' } });
 }
