@@ -24,7 +24,7 @@ import { sendRaw, type RawRequest, type RawResponse } from './helpers/raw-http.t
 import { makeWriteSandbox, type WriteSandbox } from './helpers/write-sandbox.ts';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20261202);
-const RUNS = Number(process.env.FUZZ_RUNS ?? 1800);
+const RUNS = Number(process.env.FUZZ_RUNS ?? 1500);
 /** A configured registry whose URL nothing listens on: its requests may rightly fail with 502/503/504. */
 const DEAD_REGISTRY = 'quay.io';
 
@@ -191,12 +191,10 @@ test('fuzzed /v2 requests: no unexpected 5xx, OCI error bodies, right bytes, pro
   assert.ok((await proxy.metric('ocirelay_cache_bytes', { tier: 'disk' })) > 0, 'something was cached');
 });
 
-// Requests the fuzz above no longer generates because they never reach the application: node's
-// HTTP parser (unknown method, a body on TRACE, a target not in origin-form) or
-// @hono/node-server (a Host that is no URL authority, a backslash in the path) answers them
-// itself with a bare 400 and no OCI body, and no access-log line. Known defect, reported to the
-// lead (fix: a 'clientError' handler and the adapter's errorHandler in src/http/listener.ts);
-// the property stays strict here and these are TODO until then.
+// Requests refused before the application (node's parser: an unknown method, a body on TRACE,
+// a target not in origin-form; @hono/node-server: a Host that is no URL authority, a backslash
+// in the path) answered a bare 400 without an OCI body until the listener learnt to render
+// them (found by this fuzz). The fuzz generates them too; these pin each case down by name.
 const ADAPTER_LEVEL: Array<{ what: string; req: RawRequest }> = [
   { what: 'an unknown method token', req: { method: 'BREW', path: '/v2/library/single/tags/list', headers: {} } },
   { what: 'TRACE with a body', req: { method: 'TRACE', path: '/v2/library/single/tags/list', headers: {}, body: 'x' } },
@@ -204,10 +202,27 @@ const ADAPTER_LEVEL: Array<{ what: string; req: RawRequest }> = [
   { what: 'a Host header that is no URL authority', req: { method: 'GET', path: '/v2/library/single/tags/list', headers: { host: '|0z5z;' } } },
   { what: 'a backslash in the path', req: { method: 'GET', path: '/v2/library\\single/tags/list', headers: {} } },
 ];
-const ADAPTER_TODO = 'defect: a bare 400 from node/@hono/node-server before the app (src/http/listener.ts)';
+
+// Found by this fuzz after the listener fix: what the listener writes for a request node's
+// parser refuses carries a body even when the request was a HEAD (the client then reads the
+// body as the start of the next response: "Data after Connection: close"), and a CONNECT gets
+// its connection closed with no answer at all. Defects in src/http/listener.ts (the
+// 'clientError' handler; no 'connect' handler), reported to the lead; TODO until fixed.
+const LISTENER_TODO: Array<{ what: string; req: RawRequest }> = [
+  { what: 'a HEAD with a target not in origin-form', req: { method: 'HEAD', path: '%2fv2/library/single/tags/list', headers: {} } },
+  { what: 'CONNECT', req: { method: 'CONNECT', path: '127.0.0.1:1', headers: {} } },
+];
+for (const { what, req } of LISTENER_TODO) {
+  test(`${what} gets a well-formed 4xx (an OCI error body unless HEAD)`, { todo: 'defect in src/http/listener.ts' }, async () => {
+    const res = await sendRaw(proxy.port, req, 10_000);
+    assert.ok(res.status >= 400 && res.status < 500, `status ${res.status}`);
+    if (req.method === 'HEAD') assert.equal(res.body.length, 0);
+    else assert.equal(ociErrorBodyProblem(res), undefined, describeExchange(req, res, []));
+  });
+}
 
 for (const { what, req } of ADAPTER_LEVEL) {
-  test(`${what} gets a 4xx with an OCI error body`, { todo: ADAPTER_TODO }, async () => {
+  test(`${what} gets a 4xx with an OCI error body`, async () => {
     const res = await sendRaw(proxy.port, req, 10_000);
     assert.ok(res.status >= 400 && res.status < 500, `status ${res.status}`);
     assert.equal(ociErrorBodyProblem(res), undefined, describeExchange(req, res, []));

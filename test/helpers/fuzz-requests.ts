@@ -108,7 +108,7 @@ function mutate(path: string): fc.Arbitrary<string> {
     upTo(fc.constant(path), 10),
     upTo(fc.tuple(at, fc.constantFrom('/.', '/..', '/%2e', '/%2E%2E', '/.%2e', '//')).map(([i, seg]) => insertAtSlash(path, i, seg)), 2),
     upTo(fc.array(at, { minLength: 1, maxLength: 4 }).map((is) => percentEncodeAt(path, is)), 2),
-    upTo(at.map((i) => path.slice(0, Math.max(1, i))), 1),
+    upTo(at.map((i) => path.slice(0, i)), 1),
     upTo(fc.constantFrom(path.replace('/v2/', '/v2//'), path.replace('/v2/', '//v2/'), path.replace('/v2/', '/V2/'), path.replace(/\//g, '%2F').replace('%2Fv2%2F', '/v2/')), 1),
   );
 }
@@ -122,21 +122,16 @@ function percentEncodeAt(path: string, indexes: number[]): string {
   const chars = [...path];
   for (const i of indexes) {
     const c = chars[i];
-    // Index 0 stays '/': a request target not in origin-form is refused by node's parser.
-    if (i === 0 || c === undefined || c.startsWith('%')) continue;
+    if (c === undefined || c.startsWith('%')) continue;
     const code = c.charCodeAt(0);
     chars[i] = code < 128 ? `%${code.toString(16).padStart(2, '0')}` : encodeURIComponent(c);
   }
   return chars.join('');
 }
 
-/**
- * Only what node's client can put on a request line: escape controls, spaces and non-ASCII.
- * A backslash is escaped too: the HTTP adapter refuses it before the application sees the
- * request (an adapter-level case of the test).
- */
+/** Only what node's client can put on a request line: escape controls, spaces and non-ASCII. */
 function sendable(path: string): string {
-  return path.replace(/[^\x21-\x7e]|\\/g, (c) => encodeURIComponent(c));
+  return path.replace(/[^\x21-\x7e]/g, (c) => encodeURIComponent(c));
 }
 
 /** A request that should succeed: a live registry, a repository and something it holds. */
@@ -161,9 +156,18 @@ function pathArb(k: KnownContent): fc.Arbitrary<string> {
   const api = fc
     .oneof(upTo(coherentArb(k), 1), upTo(fc.tuple(prefixArb(k), nameArb(k), tailArb(k)).map(([p, n, t]) => `/v2/${p}${n}/${t}`), 1))
     .chain(mutate);
-  const odd = fc.constantFrom('/v2/', '/v2', '/', '/v2/_catalog', '/v3/library/single/tags/list', '/healthz', '/readyz', '/v2/../admin', '/v2/%2e%2e/', '/v2/./');
+  const odd = fc.constantFrom('/v2/', '/v2', '/', '/v2/_catalog', '/v3/library/single/tags/list', '/healthz', '/readyz', '/v2/../admin', '/v2/%2e%2e/', '/v2/./', '*', '/v2/library\\single/tags/list');
   return fc
-    .tuple(fc.oneof(upTo(api, 12), upTo(odd, 1), upTo(printable(80).map((s) => `/v2/${s}`), 1)), queryArb(k))
+    .tuple(
+      fc.oneof(
+        upTo(api, 12),
+        upTo(odd, 1),
+        upTo(printable(80).map((s) => `/v2/${s}`), 1),
+        // Absolute-form targets (as sent to a forward proxy): the host in them must not matter.
+        upTo(fc.tuple(fc.constantFrom('http://evil.example', 'http://127.0.0.1:1', 'https://docker.io'), api).map(([origin, p]) => origin + p), 1),
+      ),
+      queryArb(k),
+    )
     .map(([p, q]) => sendable(p) + (p.includes('?') ? q.replace('?', '&') : q));
 }
 
@@ -199,9 +203,8 @@ function headersArb(): fc.Arbitrary<Record<string, string>> {
         authorization: value(fc.constantFrom('Bearer abc', 'Basic dGVzdDp0ZXN0', 'Basic !!!', 'Bearer ')),
         'if-none-match': value(fc.constantFrom('"sha256:0"', '*')),
         'if-modified-since': value(fc.constant('Thu, 01 Jan 1970 00:00:00 GMT')),
-        // Only Host values that parse as a URL authority: others never reach the application
-        // (see the adapter-level cases in the test).
-        host: fc.constantFrom('evil.example', 'localhost:1', '[::1]', 'a'.repeat(300), 'docker.io', '127.0.0.1:65535'),
+        // Mostly Host values that parse as an authority: the others are refused before routing.
+        host: fc.oneof(upTo(fc.constantFrom('evil.example', 'localhost:1', '[::1]', 'a'.repeat(300), 'docker.io', '127.0.0.1:65535'), 8), upTo(fc.oneof(fc.constantFrom('|0z5z;', 'a b'), printable(30)), 1)),
         'accept-encoding': value(fc.constantFrom('gzip', 'br', 'identity;q=0')),
         'x-forwarded-proto': value(fc.constantFrom('https', 'gopher')),
         'content-type': value(fc.constantFrom('application/json', 'application/octet-stream')),
@@ -217,19 +220,21 @@ function headersArb(): fc.Arbitrary<Record<string, string>> {
 }
 
 /**
- * Every method node's HTTP parser accepts, except CONNECT (a tunnel request, not an API call).
- * Other tokens never reach the application: the parser itself answers them (see the test).
+ * Every method node's HTTP parser knows except CONNECT (a tunnel request, see the test), and
+ * tokens it does not know (answered by the listener before the application).
  */
-const METHODS = http.METHODS.filter((m) => m !== 'GET' && m !== 'HEAD' && m !== 'CONNECT');
+const METHODS = [...http.METHODS.filter((m) => m !== 'GET' && m !== 'HEAD' && m !== 'CONNECT'), 'BREW', 'X-FUZZ'];
 
 export function requestArb(k: KnownContent): fc.Arbitrary<RawRequest> {
   const method = fc.oneof(upTo(fc.constant('GET'), 8), upTo(fc.constant('HEAD'), 4), upTo(fc.constantFrom(...METHODS), 2));
   return fc.tuple(method, pathArb(k), headersArb(), fc.option(printable(200), { freq: 4 })).map(([m, path, headers, body]) => ({
     method: m,
-    path,
+    // A HEAD refused by node's parser (a target not in origin-form) gets an error body after
+    // its headers: a known defect with its own TODO test, kept out of the fuzz so that it can
+    // find the next one.
+    path: m === 'HEAD' && !path.startsWith('/') ? `/${path}` : path,
     headers,
-    // A body only with methods that have one: node's parser refuses e.g. a TRACE with a body
-    // itself (a bare 400) before the application sees the request.
-    ...(body !== null && ['POST', 'PUT', 'PATCH'].includes(m) ? { body } : {}),
+    // node's client sends no body with GET or HEAD.
+    ...(body !== null && m !== 'GET' && m !== 'HEAD' ? { body } : {}),
   }));
 }
