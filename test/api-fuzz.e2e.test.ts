@@ -1,8 +1,8 @@
 // Property-based fuzz of the /v2 read API against a running ocirelay with a real Distribution
 // registry upstream holding a small image set. Requests are mostly near-valid (known names,
 // tags and digests with one thing wrong, registry prefixes, dot segments, escapes, odd
-// methods, ranges and headers), sent one at a time so that every answer can be tied to what
-// the upstream did meanwhile. Properties, for every request:
+// methods, ranges and headers), first in bursts of 16 on a cold cache (races between fills,
+// tag fetches and refusals), then one at a time. Properties, for every request:
 //   - no 5xx other than 502/503/504, and those only when an upstream failed (the registry
 //     configured with a dead address, or a 5xx in the real registry's access log);
 //   - every non-2xx answer to a non-HEAD request carries an OCI error body
@@ -20,11 +20,14 @@ import { freePort } from './fixtures/ports.ts';
 import { startRegistry, type RegistryFixture } from './fixtures/registry.ts';
 import { MARKER, requestArb, type KnownContent } from './helpers/fuzz-requests.ts';
 import { startOcirelay, type OcirelayProcess } from './helpers/ocirelay-process.ts';
+import { pushRandomImage } from './helpers/random-image.ts';
 import { sendRaw, type RawRequest, type RawResponse } from './helpers/raw-http.ts';
 import { makeWriteSandbox, type WriteSandbox } from './helpers/write-sandbox.ts';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20261202);
 const RUNS = Number(process.env.FUZZ_RUNS ?? 1500);
+/** Requests sent 16 at a time before the sequential run. */
+const BURST_RUNS = Math.ceil(RUNS / 4);
 /** A configured registry whose URL nothing listens on: its requests may rightly fail with 502/503/504. */
 const DEAD_REGISTRY = 'quay.io';
 
@@ -94,15 +97,32 @@ function describeExchange(req: RawRequest, res: RawResponse | undefined, logs: A
   return lines.join('\n');
 }
 
-/** Did an upstream fail while this request was served? */
-let upstream5xxSeen = 0;
+/**
+ * Did an upstream fail for this request? The registry configured with a dead address always
+ * does. The real one did when its access log shows a 5xx for this repository and reference (it
+ * answers 500, for instance, to a layer's digest asked for as a manifest; its log line may land
+ * a little after the answer, hence the polling), or when that registry's circuit was open at the
+ * time (only such 5xx answers open it here).
+ */
 async function upstreamFailed(reqId: string): Promise<boolean> {
   const line = await proxy.waitForLog((l) => l.reqId === reqId && l.msg !== undefined && 'status' in l, 5000).catch(() => undefined);
-  if (line?.upstream === DEAD_REGISTRY) return true;
-  const n = (await upstream.accessLog()).filter((e) => e.status >= 500).length;
-  const failed = n > upstream5xxSeen;
-  upstream5xxSeen = n;
-  return failed;
+  if (!line) return false;
+  const registry = String(line.upstream ?? '');
+  if (registry === DEAD_REGISTRY) return true;
+  const reference = String(line.path ?? '').split('/').pop() ?? '';
+  const prefix = `/v2/${String(line.repository)}/`;
+  const deadline = Date.now() + 3000;
+  for (;;) {
+    const log = await upstream.accessLog();
+    if (log.some((e) => e.status >= 500 && e.path.startsWith(prefix) && (e.path.split('?')[0] ?? '').endsWith(`/${reference}`))) return true;
+    if (Date.now() > deadline) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const answeredAt = Date.parse(String(line.time));
+  const circuit = proxy
+    .logs()
+    .filter((l) => l.registry === registry && (l.msg === 'upstream circuit opened' || l.msg === 'upstream circuit closed') && Date.parse(String(l.time)) <= answeredAt);
+  return circuit.at(-1)?.msg === 'upstream circuit opened';
 }
 
 function ociErrorBodyProblem(res: RawResponse): string | undefined {
@@ -165,9 +185,38 @@ async function checkOne(req: RawRequest): Promise<void> {
   if (health !== 200) problems.push(`process not healthy afterwards: /healthz ${health}\n${proxy.stderr().slice(-3000)}`);
   if (problems.length > 0) {
     await proxy.flushLogs().catch(() => undefined);
-    throw new Error(`${problems.join('; ')}\n${describeExchange(sent, res, proxy.logs().filter((l) => l.reqId === reqId))}`);
+    // Its own lines, and warnings or errors logged meanwhile by whatever served it (fills and
+    // upstream requests log without the request id).
+    const since = Date.now() - res.ms - 1000;
+    const lines = proxy.logs().filter((l) => l.reqId === reqId || (Number(l.level) >= 40 && Date.parse(String(l.time)) >= since));
+    throw new Error(`${problems.join('; ')}\n${describeExchange(sent, res, lines)}`);
   }
 }
+
+async function assertNothingWrittenOutside(): Promise<void> {
+  const ready = await fetch(`${proxy.url}/readyz`);
+  assert.equal(ready.status, 200, await ready.text());
+  assert.deepEqual(await sandbox.strayPaths(['config.yaml']), [], 'nothing written outside the data dir');
+  assert.deepEqual(await sandbox.markerHits(MARKER), [], 'no traversal attempt created a file anywhere');
+}
+
+// First, on a cold cache: bursts of concurrent requests, so that fills, tag fetches and
+// refusals of the same content race each other (fast-check runs one property at a time, so
+// the requests are sampled from the same arbitrary with the same seed and sent in batches).
+test('fuzzed /v2 requests, 16 at a time on a cold cache: the same properties', async () => {
+  const t0 = Date.now();
+  const requests = fc.sample(requestArb(known()), { seed: SEED + 1, numRuns: BURST_RUNS });
+  try {
+    for (let i = 0; i < requests.length; i += 16) await Promise.all(requests.slice(i, i + 16).map(checkOne));
+  } catch (e) {
+    console.error(`api fuzz (bursts) failed with seed ${SEED + 1} (replay: FUZZ_SEED=${SEED})`);
+    throw e;
+  }
+  console.log(`api fuzz bursts: ${requests.length} requests in ${Date.now() - t0} ms: ${JSON.stringify(Object.fromEntries([...statuses].sort()))}`);
+  await assertNothingWrittenOutside();
+  assert.ok((statuses.get('200 blobs by digest') ?? 0) > 0, 'some requests were served content');
+  statuses.clear();
+});
 
 test('fuzzed /v2 requests: no unexpected 5xx, OCI error bodies, right bytes, process alive, no writes outside the data dir', async () => {
   const t0 = Date.now();
@@ -182,10 +231,7 @@ test('fuzzed /v2 requests: no unexpected 5xx, OCI error bodies, right bytes, pro
   }
   console.log(`api fuzz: ${RUNS} requests with seed ${SEED} in ${Date.now() - t0} ms: ${JSON.stringify(Object.fromEntries([...statuses].sort()))}`);
 
-  const ready = await fetch(`${proxy.url}/readyz`);
-  assert.equal(ready.status, 200, await ready.text());
-  assert.deepEqual(await sandbox.strayPaths(['config.yaml']), [], 'nothing written outside the data dir');
-  assert.deepEqual(await sandbox.markerHits(MARKER), [], 'no traversal attempt created a file anywhere');
+  await assertNothingWrittenOutside();
   // The fuzz did get past validation: content was served by digest (and checked) and cached.
   assert.ok((statuses.get('200 blobs by digest') ?? 0) > 0 && (statuses.get('200 manifests by digest') ?? 0) > 0, 'some requests were served content');
   assert.ok((await proxy.metric('ocirelay_cache_bytes', { tier: 'disk' })) > 0, 'something was cached');
@@ -247,3 +293,23 @@ for (const accept of ['application/vnd.oci.image.manifest.v1+json, application/v
     assert.equal(await proxy.metric('ocirelay_digest_mismatches_total'), mismatches, 'no digest mismatch counted');
   });
 }
+
+// Found by the bursts: the Distribution registry answers 500 to a manifest request for a digest
+// that is a layer or config, and ocirelay counts each such answer against the registry's
+// circuit breaker. So any anonymous client can open the circuit of a whole registry with a few
+// requests for manifests/<layer digest>, and every pull from it then fails with 503 until the
+// breaker resets (30 s). Reported to the lead (src/upstream/registry-client.ts: which answers
+// count as failures; or src/pull-through/manifest-service.ts: a digest known as a blob is no
+// manifest). Last in this file: it leaves that registry's circuit open. TODO until fixed.
+test('requests for manifests/<layer digest> do not shut a registry for everyone', { todo: 'defect: client-triggered circuit breaker (src/upstream/registry-client.ts)' }, async () => {
+  const layer = images.single.layers[0]!.digest;
+  for (let i = 0; i < 8; i++) {
+    const res = await sendRaw(proxy.port, { method: 'GET', path: `/v2/mirror.local:5000/${images.single.repo}/manifests/${layer}`, headers: {} }, 10_000);
+    assert.ok(res.status !== 200, 'a layer is not served as a manifest');
+  }
+  // Content nothing has cached yet, so that only the upstream can answer.
+  const fresh = await pushRandomImage(upstream.url, 'fuzz/fresh', 'v1', [1024]);
+  const req: RawRequest = { method: 'GET', path: `/v2/mirror.local:5000/${fresh.repo}/manifests/${fresh.tag}`, headers: {} };
+  const good = await sendRaw(proxy.port, req, 10_000);
+  assert.equal(good.status, 200, describeExchange(req, good, []));
+});
