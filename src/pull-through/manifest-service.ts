@@ -127,7 +127,16 @@ export class ManifestService {
   private async byDigest(req: ManifestRequest, digest: Digest): Promise<ManifestResponse> {
     const { index } = this.d;
     const meta = index.manifestMeta(digest) ?? this.storing.get(digest);
-    const linked = index.isLinked(req.registry, req.repository, digest);
+    let linked = index.isLinked(req.registry, req.repository, digest);
+    if (meta && !linked) {
+      // Cached through another repository (or registry): served here only once the upstream
+      // says this repository may read it. A HEAD, so the bytes are not fetched again; any
+      // refusal, absence or outage is answered as such, never with the cached bytes.
+      const head = await this.headUpstream(req);
+      if (head.status !== 200) throw await head.error();
+      index.link(req.registry, req.repository, digest);
+      linked = true;
+    }
     if (meta && linked) {
       const body = await this.cached(digest);
       if (body && accepts(req.accept, meta.mediaType)) {
@@ -282,8 +291,9 @@ export class ManifestService {
       this.writes.add(p);
     }
 
+    // Only what this repository itself answered is linked to it: a digest a manifest lists
+    // is not proof that the repository may read it (see byDigest and BlobService.authorize).
     index.link(req.registry, req.repository, digest);
-    for (const d of childRefs) index.link(req.registry, req.repository, d);
     if (!isDigest(req.reference)) {
       const prev = index.tag(req.registry, req.repository, req.reference);
       index.setTag(req.registry, req.repository, req.reference, { digest, mediaType, checkedAt: this.now() });
