@@ -104,6 +104,12 @@ export class Metrics {
     labelNames: ['kind'] as const,
     registers: [this.registry],
   });
+  readonly negativeCacheHits = new Counter({
+    name: 'ocirelay_negative_cache_hits_total',
+    help: 'Requests answered 404 from the negative cache (a recent upstream 404) without asking the upstream, by registry and kind',
+    labelNames: ['registry', 'kind'] as const,
+    registers: [this.registry],
+  });
   readonly staleServed = new Counter({
     name: 'ocirelay_stale_served_total',
     help: 'Tag manifests served stale because the upstream could not revalidate them, by reason',

@@ -14,6 +14,7 @@ import type { Evictor } from '../storage/evictor.ts';
 import type { MemoryCache } from '../storage/memory-cache.ts';
 import type { RegistryClient, UpstreamResponse } from '../upstream/registry-client.ts';
 import { errorFromTransport, errorFromUpstream, isOutage } from './upstream-errors.ts';
+import type { NegativeCache } from './negative-cache.ts';
 
 export interface ManifestRequest {
   registry: string;
@@ -38,6 +39,8 @@ export interface ManifestServiceDeps {
   evictor: Evictor;
   health: DiskHealth;
   tagTtlMs: (registry: string) => number;
+  /** Recent upstream 404s, answered without asking again; absent: every miss asks. */
+  negative?: NegativeCache;
   metrics: Metrics;
   logger: Logger;
   now?: () => number;
@@ -204,8 +207,15 @@ export class ManifestService {
     this.d.logger.warn({ registry: req.registry, repository: req.repository, reference: req.reference, reason }, 'upstream unavailable: serving cached manifest stale');
   }
 
+  /** Remembers an upstream 404 for this manifest (or NAME_UNKNOWN for its repository); returns the error. */
+  private notFound(req: ManifestRequest, e: RegistryError): RegistryError {
+    this.d.negative?.remember(req.registry, req.repository, 'manifest', req.reference, e);
+    return e;
+  }
+
   private async headUpstream(req: ManifestRequest): Promise<{ status: number; digest: string | undefined; error: () => Promise<RegistryError> }> {
     const up = this.upstream(req.registry);
+    this.d.negative?.check(req.registry, req.repository, 'manifest', req.reference);
     let res: UpstreamResponse;
     try {
       res = await up.request({
@@ -219,7 +229,8 @@ export class ManifestService {
     }
     res.body.destroy();
     const digest = res.headers['docker-content-digest'];
-    return { status: res.status, digest, error: () => errorFromUpstream(res, req.registry, 'MANIFEST_UNKNOWN') };
+    if (res.status === 200) this.d.negative?.forget(req.registry, req.repository, 'manifest', req.reference);
+    return { status: res.status, digest, error: async () => this.notFound(req, await errorFromUpstream(res, req.registry, 'MANIFEST_UNKNOWN')) };
   }
 
   /** GET from upstream, verify, store; concurrent identical requests share one fetch. */
@@ -235,6 +246,7 @@ export class ManifestService {
 
   private async fetchOnce(req: ManifestRequest): Promise<Fetched> {
     const up = this.upstream(req.registry);
+    this.d.negative?.check(req.registry, req.repository, 'manifest', req.reference);
     let res: UpstreamResponse;
     try {
       res = await up.request({
@@ -246,7 +258,8 @@ export class ManifestService {
     } catch (e) {
       throw errorFromTransport(e, req.registry);
     }
-    if (res.status !== 200) throw await errorFromUpstream(res, req.registry, 'MANIFEST_UNKNOWN');
+    if (res.status !== 200) throw this.notFound(req, await errorFromUpstream(res, req.registry, 'MANIFEST_UNKNOWN'));
+    this.d.negative?.forget(req.registry, req.repository, 'manifest', req.reference);
     const cl = Number(res.headers['content-length']);
     if (Number.isFinite(cl) && cl > MAX_MANIFEST_BYTES) {
       res.body.destroy();
