@@ -127,7 +127,10 @@ test('kill -9 during fills, evictions and journal compaction, 10 rounds: blobs i
     const proxy = await startOcirelay(config, { dir });
     try {
       await assertStartedClean(proxy, 'after the last round', FILLER_TAGS);
-      assert.ok((await journalLive(dataDir)).manifests.size > 0, 'the journal records cached manifests');
+      // Manifests of earlier rounds are on disk; the index must still know some of them as manifests.
+      const manifestFiles = [...small, ...big].map((i) => i.manifestDigest).filter((d) => existsSync(blobFile(dataDir, d)));
+      const recorded = (await journalLive(dataDir)).manifests;
+      assert.ok(manifestFiles.length === 0 || recorded.size > 0, `manifest files on disk ${JSON.stringify(manifestFiles)}, journal manifest records ${JSON.stringify([...recorded])}`);
       tamper.clearRules();
       for (const img of [...small, ...big]) await pullVerified(proxy.url, img);
       await eventually(async () => (await proxy.metric('ocirelay_cache_bytes', { tier: 'disk' })) <= MAX_BYTES, 'disk within budget');
