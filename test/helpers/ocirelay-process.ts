@@ -16,6 +16,8 @@ export interface OcirelayProcess {
   adminUrl: string;
   host: string;
   port: number;
+  /** The child's process id (for /proc/PID/status). */
+  pid: number;
   dataDir: string;
   dir: string;
   /** JSON log lines so far. */
@@ -101,6 +103,7 @@ export async function startOcirelay(
     adminUrl: `http://127.0.0.1:${adminPort}`,
     host: `127.0.0.1:${port}`,
     port,
+    pid: child.pid!,
     dataDir,
     dir,
     logs: () => lines,
