@@ -249,17 +249,16 @@ const ADAPTER_LEVEL: Array<{ what: string; req: RawRequest }> = [
   { what: 'a backslash in the path', req: { method: 'GET', path: '/v2/library\\single/tags/list', headers: {} } },
 ];
 
-// Found by this fuzz after the listener fix: what the listener writes for a request node's
-// parser refuses carries a body even when the request was a HEAD (the client then reads the
-// body as the start of the next response: "Data after Connection: close"), and a CONNECT gets
-// its connection closed with no answer at all. Defects in src/http/listener.ts (the
-// 'clientError' handler; no 'connect' handler), reported to the lead; TODO until fixed.
-const LISTENER_TODO: Array<{ what: string; req: RawRequest }> = [
+// Found by this fuzz after the listener fix: what the listener wrote for a request node's
+// parser refused carried a body even when the request was a HEAD (the client then reads the
+// body as the start of the next response), and a CONNECT got its connection closed with no
+// answer at all. Fixed in src/http/listener.ts ('clientError' and 'connect' handlers).
+const LISTENER_REFUSALS: Array<{ what: string; req: RawRequest }> = [
   { what: 'a HEAD with a target not in origin-form', req: { method: 'HEAD', path: '%2fv2/library/single/tags/list', headers: {} } },
   { what: 'CONNECT', req: { method: 'CONNECT', path: '127.0.0.1:1', headers: {} } },
 ];
-for (const { what, req } of LISTENER_TODO) {
-  test(`${what} gets a well-formed 4xx (an OCI error body unless HEAD)`, { todo: 'defect in src/http/listener.ts' }, async () => {
+for (const { what, req } of LISTENER_REFUSALS) {
+  test(`${what} gets a well-formed 4xx (an OCI error body unless HEAD)`, async () => {
     const res = await sendRaw(proxy.port, req, 10_000);
     assert.ok(res.status >= 400 && res.status < 500, `status ${res.status}`);
     if (req.method === 'HEAD') assert.equal(res.body.length, 0);
@@ -282,9 +281,10 @@ for (const { what, req } of ADAPTER_LEVEL) {
 // cover the payload without signatures). ocirelay forwards that Accept as is, then answers
 // 502 DIGEST_INVALID and counts a digest mismatch: a false integrity alarm from a healthy
 // upstream, and an OCI-only client cannot pull a Docker image. Defect in
-// src/pull-through/manifest-service.ts (fetchOnce / upstreamAccept), reported to the lead.
+// src/pull-through/manifest-service.ts (fetchOnce / upstreamAccept); fixed: the upstream Accept
+// always carries both image manifest types, so no registry converts to schema1.
 for (const accept of ['application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json', 'application/vnd.docker.distribution.manifest.v1+prettyjws']) {
-  test(`an Accept of "${accept}" for a Docker schema2 image is no upstream failure: no 5xx, no digest-mismatch alarm`, { todo: 'defect: 502 DIGEST_INVALID (src/pull-through/manifest-service.ts)' }, async () => {
+  test(`an Accept of "${accept}" for a Docker schema2 image is no upstream failure: no 5xx, no digest-mismatch alarm`, async () => {
     const mismatches = await proxy.metric('ocirelay_digest_mismatches_total');
     const req: RawRequest = { method: 'GET', path: `/v2/mirror.local:5000/${images.v2s2.repo}/manifests/${images.v2s2.tag}`, headers: { accept } };
     const res = await sendRaw(proxy.port, req, 10_000);
@@ -300,8 +300,9 @@ for (const accept of ['application/vnd.oci.image.manifest.v1+json, application/v
 // requests for manifests/<layer digest>, and every pull from it then fails with 503 until the
 // breaker resets (30 s). Reported to the lead (src/upstream/registry-client.ts: which answers
 // count as failures; or src/pull-through/manifest-service.ts: a digest known as a blob is no
-// manifest). Last in this file: it leaves that registry's circuit open. TODO until fixed.
-test('requests for manifests/<layer digest> do not shut a registry for everyone', { todo: 'defect: client-triggered circuit breaker (src/upstream/registry-client.ts)' }, async () => {
+// manifest). Fixed: a 500 to a manifest request by digest does not count against the breaker.
+// Last in this file: before the fix it left that registry's circuit open.
+test('requests for manifests/<layer digest> do not shut a registry for everyone', async () => {
   const layer = images.single.layers[0]!.digest;
   for (let i = 0; i < 8; i++) {
     const res = await sendRaw(proxy.port, { method: 'GET', path: `/v2/mirror.local:5000/${images.single.repo}/manifests/${layer}`, headers: {} }, 10_000);

@@ -85,14 +85,15 @@ for (const auth of ['basic', 'token'] as const) {
         assert.equal(head.status, 404);
       }
       // Once another repository does hold it upstream, it is served from cache after a HEAD.
-      const authz = await upstream.authorization('repository:team/other:pull,push');
-      await pushBlob(upstream.url, 'team/other', own.body!, authz);
+      // (A repository not asked before: the 404s above are remembered for negativeTTL.)
+      const authz = await upstream.authorization('repository:team/shared:pull,push');
+      await pushBlob(upstream.url, 'team/shared', own.body!, authz);
       const getsBefore = await upstream.countRequests({ method: 'GET', pathIncludes: secretBlob });
-      const shared = await download(`${proxy.url}/v2/team/other/blobs/${secretBlob}`);
+      const shared = await download(`${proxy.url}/v2/team/shared/blobs/${secretBlob}`);
       assert.equal(shared.status, 200);
       assert.equal(shared.sha256, secretBlob);
       assert.equal(await upstream.countRequests({ method: 'GET', pathIncludes: secretBlob }), getsBefore, 'served from cache');
-      assert.ok((await upstream.countRequests({ method: 'HEAD', pathIncludes: `team/other/blobs/${secretBlob}` })) >= 1, 'after the upstream confirmed it');
+      assert.ok((await upstream.countRequests({ method: 'HEAD', pathIncludes: `team/shared/blobs/${secretBlob}` })) >= 1, 'after the upstream confirmed it');
     });
 
     test('wrong credentials give an OCI UNAUTHORIZED error, not an outage', async () => {

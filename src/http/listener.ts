@@ -52,8 +52,15 @@ export function createListener(name: string, fetch: FetchHandler, limits: Listen
         : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
           ? [408, 'UNAVAILABLE', 'Request Timeout']
           : [400, 'UNSUPPORTED', 'Bad Request'];
-    const body = JSON.stringify({ errors: [{ code, message: reason.toLowerCase() }] });
-    socket.end(`HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    // A HEAD answer has no body, or the client would read it as the start of the next response.
+    const raw = (err as NodeJS.ErrnoException & { rawPacket?: Buffer }).rawPacket;
+    const isHead = raw !== undefined && raw.subarray(0, 5).toString('latin1') === 'HEAD ';
+    socket.end(rawOciError(status, reason, code, reason.toLowerCase(), isHead));
+  });
+  // CONNECT is no registry request (node closes the socket silently when nobody listens for it).
+  server.on('connect', (_req: unknown, socket: Socket) => {
+    socket.on('error', () => socket.destroy());
+    socket.end(rawOciError(405, 'Method Not Allowed', 'UNSUPPORTED', 'CONNECT is not supported', false));
   });
 
   // Refused connections are counted and logged at most every 10 s: a flood must not flood the log too.
@@ -79,4 +86,11 @@ export function createListener(name: string, fetch: FetchHandler, limits: Listen
 
 function ociErrorResponse(status: number, code: string, message: string): Response {
   return new Response(JSON.stringify({ errors: [{ code, message }] }), { status, headers: { 'Content-Type': 'application/json' } });
+}
+
+/** A whole HTTP/1.1 error response for a socket no handler owns (Connection: close). */
+function rawOciError(status: number, reason: string, code: string, message: string, headOnly: boolean): string {
+  const body = JSON.stringify({ errors: [{ code, message }] });
+  const head = `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n`;
+  return headOnly ? head : head + body;
 }

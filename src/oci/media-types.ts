@@ -37,11 +37,20 @@ export function accepts(accept: string[], mediaType: string): boolean {
   return false;
 }
 
-/** The Accept header sent upstream: the client's own types, or our default set. */
+const INDEX_TYPES: readonly string[] = [MT.ociIndex, MT.dockerManifestList];
+
+/**
+ * The Accept header sent upstream: the client's own types plus both image manifest types
+ * (OCI and Docker schema2) always, and both index types when the client takes either. Without
+ * schema2 a Distribution registry converts a schema2 image to signed schema1 on the fly (not
+ * what any cache should store or a modern client wants); with no index type it still picks the
+ * default platform's manifest for a client that cannot read lists.
+ */
 export function upstreamAccept(accept: string[]): string {
   // Registries do not read */* as "OCI is fine": a client that accepts anything gets our full list.
   if (accept.length === 0 || accept.includes('*/*')) return [...new Set([...DEFAULT_MANIFEST_ACCEPT, ...accept, '*/*'])].join(', ');
-  return accept.join(', ');
+  const lists = accept.some((a) => INDEX_TYPES.includes(a)) ? INDEX_TYPES : [];
+  return [...new Set([...accept, ...lists, MT.ociManifest, MT.dockerManifest])].join(', ');
 }
 
 interface Descriptor {

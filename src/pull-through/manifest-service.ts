@@ -223,6 +223,7 @@ export class ManifestService {
         path: `/v2/${req.repository}/manifests/${req.reference}`,
         repository: req.repository,
         headers: { accept: upstreamAccept(req.accept) },
+        contentSpecific500: isDigest(req.reference),
       });
     } catch (e) {
       throw errorFromTransport(e, req.registry);
@@ -254,6 +255,7 @@ export class ManifestService {
         path: `/v2/${req.repository}/manifests/${req.reference}`,
         repository: req.repository,
         headers: { accept: upstreamAccept(req.accept) },
+        contentSpecific500: isDigest(req.reference),
       });
     } catch (e) {
       throw errorFromTransport(e, req.registry);
@@ -268,13 +270,16 @@ export class ManifestService {
     const body = await readCapped(res, MAX_MANIFEST_BYTES);
     const digest = digestOf(body);
     const claimed = res.headers['docker-content-digest'];
-    const expected = parseDigest(req.reference) ?? (claimed !== undefined ? parseDigest(claimed) : undefined);
+    const mediaType = mediaTypeOf(res, body);
+    // A signed schema1 manifest's Docker-Content-Digest covers its payload without the
+    // signatures, never the body: only a digest the client asked for is checked against it.
+    const claimedApplies = mediaType !== MT.dockerSchema1Signed;
+    const expected = parseDigest(req.reference) ?? (claimed !== undefined && claimedApplies ? parseDigest(claimed) : undefined);
     if (expected && expected !== digest) {
       this.d.metrics.digestMismatches.inc({ kind: 'manifest' });
       this.d.logger.warn({ registry: req.registry, repository: req.repository, reference: req.reference, expected, actual: digest }, 'manifest digest mismatch; not cached');
       throw new RegistryError('DIGEST_INVALID', `upstream manifest does not match digest ${expected}`, { status: 502 });
     }
-    const mediaType = mediaTypeOf(res, body);
     let refs;
     try {
       refs = parseManifest(body);

@@ -99,6 +99,12 @@ export interface UpstreamRequest {
    * token or HEAD request waits for. Default: true for a GET of /v2/<name>/blobs/<digest>.
    */
   bulk?: boolean;
+  /**
+   * A 500 answer may be about the content asked for, not the registry's health (a manifest
+   * request for a digest a client chose: Distribution answers 500 for a layer's digest), so it
+   * does not count against the circuit breaker; otherwise any client could open it.
+   */
+  contentSpecific500?: boolean;
 }
 
 export interface UpstreamResponse {
@@ -242,7 +248,7 @@ export class RegistryClient {
     const started = performance.now();
     try {
       const res = await this.#run(req);
-      ticket.settle(res.status >= 500 ? 'failure' : 'success');
+      ticket.settle(res.status === 500 && req.contentSpecific500 === true ? 'neutral' : res.status >= 500 ? 'failure' : 'success');
       this.#log.info({ method: req.method, path: req.path, status: res.status, ms: elapsed(started) }, 'upstream request');
       return res;
     } catch (err) {

@@ -57,6 +57,19 @@ export function sendRaw(port: number, req: RawRequest, timeoutMs: number): Promi
       clearTimeout(timer);
       reject(e);
     });
+    // Node's client hands any answer to a CONNECT to 'connect' (with the socket), not to the
+    // response callback: read the body from the socket until it closes.
+    cr.on('connect', (res: http.IncomingMessage, socket: import('node:net').Socket, head: Buffer) => {
+      const chunks: Buffer[] = [head];
+      socket.on('data', (b: Buffer) => chunks.push(b));
+      socket.on('error', () => undefined);
+      socket.on('close', () => {
+        clearTimeout(timer);
+        const body = Buffer.concat(chunks);
+        const expected = res.headers['content-length'];
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, aborted: expected !== undefined && Number(expected) !== body.length, ms: performance.now() - t0 });
+      });
+    });
     cr.end(req.body);
   });
 }
