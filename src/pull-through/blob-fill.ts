@@ -37,8 +37,15 @@ export class FillError extends Error {
 export interface FillSource {
   /** Bytes of the blob from the upstream, in order. */
   body: Readable;
-  /** From the upstream's Content-Length, when it sent one. */
+  /**
+   * The size the blob must have: a descriptor's when the caller had one (prefetch, pin), else
+   * the upstream's Content-Length, when it sent one. The first byte beyond it aborts the fill.
+   */
   size: number | undefined;
+  /** Where `size` came from (absent: the Content-Length). */
+  sizeFrom?: 'descriptor' | 'content-length';
+  /** The upstream's Content-Length when `size` is a descriptor's: a different one fails the fill before any byte is read. */
+  contentLength?: number;
 }
 
 export interface FillHooks {
@@ -53,7 +60,7 @@ export interface FillHooks {
   reserve(size: number): Promise<void>;
   /** Keep an in-memory copy of blobs up to this size (for the memory tier). */
   smallCopyMax: number;
-  /** Cap on a fill whose upstream sent no Content-Length: the first byte beyond it aborts the fill. */
+  /** Cap on a fill of no known size (no descriptor, no Content-Length): the first byte beyond it aborts the fill. */
   maxUnknownSize: number;
   /** Shared bound on the written batches fills keep in memory; without it, MEMORY_WINDOW per fill. */
   windowBudget?: WindowBudget;
@@ -208,7 +215,11 @@ export class BlobFill {
     const keep = src.size !== undefined && src.size <= this.hooks.smallCopyMax ? ([] as Buffer[]) : undefined;
     const onAbort = () => src.body.destroy(this.abort.signal.reason as Error);
     this.abort.signal.addEventListener('abort', onAbort, { once: true });
+    const sizeName = src.sizeFrom === 'descriptor' ? "the descriptor's size" : 'its Content-Length';
     try {
+      if (src.sizeFrom === 'descriptor' && src.contentLength !== undefined && src.contentLength !== src.size) {
+        throw new FillError('size_mismatch', `upstream Content-Length ${src.contentLength} differs from the descriptor's size ${src.size}`);
+      }
       try {
         // Chunks are hashed as they arrive and written in batches: a batch is written when it
         // reaches 1 MiB, or at the end of the event-loop turn in which its chunks arrived (a
@@ -274,7 +285,7 @@ export class BlobFill {
             for await (const chunk of src.body as AsyncIterable<Buffer>) {
               received += chunk.length;
               if (src.size !== undefined && received > src.size) {
-                throw new FillError('size_mismatch', `upstream sent more than its Content-Length ${src.size}`);
+                throw new FillError('size_mismatch', `upstream sent more than ${sizeName} ${src.size}`);
               }
               if (src.size === undefined && received > this.hooks.maxUnknownSize) {
                 throw new FillError('size_mismatch', `upstream body without Content-Length exceeds cache.maxBlobBytes (${this.hooks.maxUnknownSize})`);
@@ -308,7 +319,7 @@ export class BlobFill {
         throw new FillError('truncated', `upstream body failed after ${this.written} bytes: ${(e as Error).message}`);
       }
       if (src.size !== undefined && this.written !== src.size) {
-        throw new FillError('truncated', `upstream body ended after ${this.written} of ${src.size} bytes`);
+        throw new FillError('truncated', `upstream body ended after ${this.written} of ${src.size} bytes (${sizeName})`);
       }
       const actual = `sha256:${hash.digest('hex')}`;
       if (actual !== this.digest) throw new FillError('digest_mismatch', `upstream content has digest ${actual}, expected ${this.digest}`);

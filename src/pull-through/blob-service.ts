@@ -17,7 +17,7 @@ import type { RegistryClient, UpstreamResponse } from '../upstream/registry-clie
 import type { DiskHealth } from '../storage/disk-health.ts';
 import type { BodySource } from '../storage/body-source.ts';
 import type { Evictor } from '../storage/evictor.ts';
-import { FillError, NoRoomError, type BlobFill } from './blob-fill.ts';
+import { FillError, NoRoomError, type BlobFill, type FillSource } from './blob-fill.ts';
 import type { BlobFills } from './blob-fills.ts';
 import { verifiedStream } from './verified-stream.ts';
 import { errorFromTransport, errorFromUpstream } from './upstream-errors.ts';
@@ -29,6 +29,12 @@ export interface BlobRequest {
   digest: Digest;
   method: 'GET' | 'HEAD';
   range: string | undefined;
+  /**
+   * The size a descriptor gives for the digest, when the caller has one (prefetch, pin): a fill
+   * it starts expects exactly that many bytes (whatever the upstream's Content-Length says) and
+   * is aborted at the first byte beyond it. Ignored unless a non-negative safe integer.
+   */
+  expectedSize?: number;
 }
 
 export interface BlobResponse {
@@ -199,7 +205,7 @@ export class BlobService {
     return { status, headers, file: fill.createSender(range), source: 'fill', cache: joined ? 'coalesced' : 'miss' };
   }
 
-  private async openUpstream(req: BlobRequest, signal: AbortSignal): Promise<{ body: Readable; size: number | undefined }> {
+  private async openUpstream(req: BlobRequest, signal: AbortSignal): Promise<FillSource> {
     const up = this.upstream(req.registry);
     let res;
     try {
@@ -209,14 +215,24 @@ export class BlobService {
     }
     if (res.status !== 200) throw this.notFound(req, await errorFromUpstream(res, req.registry, 'BLOB_UNKNOWN'));
     this.d.negative?.forget(req.registry, req.repository, 'blob', req.digest);
-    const size = contentLength(res);
-    return { body: res.body, size };
+    const cl = contentLength(res);
+    const expected = req.expectedSize;
+    if (expected !== undefined && Number.isSafeInteger(expected) && expected >= 0) {
+      return { body: res.body, size: expected, sizeFrom: 'descriptor', ...(cl !== undefined ? { contentLength: cl } : {}) };
+    }
+    return { body: res.body, size: cl, sizeFrom: 'content-length' };
   }
 
   /** The disk cache is unwritable: one upstream GET per client, verified on the way, nothing stored. */
   private async streamThrough(req: BlobRequest): Promise<BlobResponse> {
     const ac = new AbortController();
-    const { body, size } = await this.openUpstream(req, ac.signal);
+    const { body, size, sizeFrom, contentLength: cl } = await this.openUpstream(req, ac.signal);
+    if (sizeFrom === 'descriptor' && cl !== undefined && cl !== size) {
+      body.destroy();
+      this.d.metrics.fillResults.inc({ result: 'size_mismatch' });
+      this.d.metrics.digestMismatches.inc({ kind: 'blob' });
+      throw new RegistryError('UNAVAILABLE', `upstream Content-Length ${cl} of ${req.digest} differs from the descriptor's size ${size}`, { status: 502 });
+    }
     this.d.index.link(req.registry, req.repository, req.digest);
     const headers: Record<string, string> = { 'Content-Type': OCTET, 'Docker-Content-Digest': req.digest, ETag: `"${req.digest}"` };
     if (size !== undefined) headers['Content-Length'] = String(size);

@@ -21,7 +21,7 @@ export function verifiedStream(
     try {
       for await (const chunk of body as AsyncIterable<Buffer>) {
         n += chunk.length;
-        if (size !== undefined && n > size) throw new FillError('size_mismatch', `upstream sent more than its Content-Length ${size}`);
+        if (size !== undefined && n > size) throw new FillError('size_mismatch', `upstream sent more than the expected ${size} bytes`);
         if (size === undefined && n > maxUnknownSize) throw new FillError('size_mismatch', `upstream body without Content-Length exceeds ${maxUnknownSize} bytes`);
         hash.update(chunk);
         if (pending) yield pending;
