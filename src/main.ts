@@ -44,6 +44,7 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
   const layout = new CacheLayout(config.dataDir);
   const disk = new DiskBlobStore(layout, logger);
   const index = new CacheIndex(layout, logger);
+  index.onJournalFailure = () => metrics.journalWriteFailures.inc();
   const diskInfo = await disk.init();
   const indexInfo = await index.init((d) => disk.has(d));
   const memory = new MemoryCache(config.cache.memoryBytes);

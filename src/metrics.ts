@@ -110,6 +110,11 @@ export class Metrics {
     labelNames: ['registry', 'kind'] as const,
     registers: [this.registry],
   });
+  readonly journalWriteFailures = new Counter({
+    name: 'ocirelay_index_journal_write_failures_total',
+    help: 'Index journal appends that failed (ENOSPC, EIO): admin operations that needed them failed; pull-path metadata is kept in memory only until the next compaction',
+    registers: [this.registry],
+  });
   readonly staleServed = new Counter({
     name: 'ocirelay_stale_served_total',
     help: 'Tag manifests served stale because the upstream could not revalidate them, by reason',

@@ -91,7 +91,7 @@ export function createAdminApp(d: AdminDeps): Hono {
   });
   app.post('/api/v1/unpin', async (c) => {
     const b = await body(c);
-    return c.json(d.admin.unpin(parseImageRef(d.router, b.image), b.unfreeze !== false));
+    return c.json(await d.admin.unpin(parseImageRef(d.router, b.image), b.unfreeze !== false));
   });
   app.post('/api/v1/freeze', async (c) => {
     const b = await body(c);
@@ -101,7 +101,7 @@ export function createAdminApp(d: AdminDeps): Hono {
   });
   app.post('/api/v1/unfreeze', async (c) => {
     const b = await body(c);
-    return c.json(d.admin.unfreeze(parseImageRef(d.router, b.image)));
+    return c.json(await d.admin.unfreeze(parseImageRef(d.router, b.image)));
   });
   app.post('/api/v1/prefetch', async (c) => {
     const b = await body(c);

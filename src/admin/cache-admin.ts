@@ -164,22 +164,22 @@ export class CacheAdmin {
   async pin(ref: ImageRef, platforms: string[] | undefined, freeze: boolean): Promise<Record<string, unknown>> {
     const pulled = await this.d.puller.pull(ref.registry, ref.repository, ref.digest ?? ref.tag!, platforms);
     const id = platforms && platforms.length > 0 ? `${ref.canonical}#${[...platforms].sort().join(',')}` : ref.canonical;
-    this.d.index.pin({ ref: id, registry: ref.registry, repository: ref.repository, digests: pulled.digests, createdAt: Date.now() });
+    await this.d.index.pin({ ref: id, registry: ref.registry, repository: ref.repository, digests: pulled.digests, createdAt: Date.now() });
     let frozen: { tag: string; digest: Digest } | null = null;
     if (freeze) {
       if (!ref.tag) throw new RegistryError('TAG_INVALID', 'freeze needs a tag reference');
-      this.d.index.freeze(ref.registry, ref.repository, ref.tag, pulled.digest);
+      await this.d.index.freeze(ref.registry, ref.repository, ref.tag, pulled.digest);
       frozen = { tag: ref.tag, digest: pulled.digest };
     }
     return { pinned: { image: ref.canonical, digest: pulled.digest, digests: pulled.digests, bytes: pulled.bytes }, frozen };
   }
 
-  unpin(ref: ImageRef, unfreeze: boolean): { unpinned: number; unfrozen: boolean } {
+  async unpin(ref: ImageRef, unfreeze: boolean): Promise<{ unpinned: number; unfrozen: boolean }> {
     let unpinned = 0;
     for (const p of this.d.index.pinsOf(ref.registry, ref.repository)) {
-      if (p.ref === ref.canonical || p.ref.startsWith(`${ref.canonical}#`)) unpinned += this.d.index.unpin(p.ref) ? 1 : 0;
+      if (p.ref === ref.canonical || p.ref.startsWith(`${ref.canonical}#`)) unpinned += (await this.d.index.unpin(p.ref)) ? 1 : 0;
     }
-    const unfrozen = unfreeze && ref.tag ? this.d.index.unfreeze(ref.registry, ref.repository, ref.tag) : false;
+    const unfrozen = unfreeze && ref.tag ? await this.d.index.unfreeze(ref.registry, ref.repository, ref.tag) : false;
     if (unpinned === 0 && !unfrozen) throw new RegistryError('NOT_FOUND', `${ref.canonical} is not pinned`);
     void this.d.evictor.check();
     return { unpinned, unfrozen };
@@ -189,13 +189,13 @@ export class CacheAdmin {
     if (!ref.tag) throw new RegistryError('TAG_INVALID', 'freeze needs a tag reference (registry/repository:tag)');
     // Resolve the current digest (or make sure the chosen one is cached) by pulling it.
     const pulled = await this.d.puller.pull(ref.registry, ref.repository, digest ?? ref.tag, undefined);
-    this.d.index.freeze(ref.registry, ref.repository, ref.tag, pulled.digest);
+    await this.d.index.freeze(ref.registry, ref.repository, ref.tag, pulled.digest);
     return { frozen: { registry: ref.registry, repository: ref.repository, tag: ref.tag, digest: pulled.digest } };
   }
 
-  unfreeze(ref: ImageRef): { unfrozen: boolean } {
+  async unfreeze(ref: ImageRef): Promise<{ unfrozen: boolean }> {
     if (!ref.tag) throw new RegistryError('TAG_INVALID', 'unfreeze needs a tag reference');
-    if (!this.d.index.unfreeze(ref.registry, ref.repository, ref.tag)) throw new RegistryError('NOT_FOUND', `${ref.canonical} is not frozen`);
+    if (!(await this.d.index.unfreeze(ref.registry, ref.repository, ref.tag))) throw new RegistryError('NOT_FOUND', `${ref.canonical} is not frozen`);
     return { unfrozen: true };
   }
 
@@ -213,18 +213,18 @@ export class CacheAdmin {
         throw new RegistryError('DENIED', `${target.image.canonical} is pinned: unpin it first, or purge with force`);
       }
       for (const [tag, rec] of index.tagRecordsOf(registry, repository)) {
-        if ((target.image.tag && tag === target.image.tag) || (!target.image.tag && rec.digest === root)) index.untag(registry, repository, tag);
+        if ((target.image.tag && tag === target.image.tag) || (!target.image.tag && rec.digest === root)) await index.untag(registry, repository, tag);
       }
-      if (target.image.tag && index.frozen(registry, repository, target.image.tag)) index.unfreeze(registry, repository, target.image.tag);
+      if (target.image.tag && index.frozen(registry, repository, target.image.tag)) await index.unfreeze(registry, repository, target.image.tag);
     } else {
       digests = index.linksOf(registry, repository);
       if (digests.length === 0 && index.tagsOf(registry, repository).length === 0) throw new RegistryError('NAME_UNKNOWN', `${target.repo!.canonical} is not cached`);
       // Without force, pinned images of the repository stay, tags included.
       const pinnedRoot = (d: Digest) => !force && this.closure(d).some((x) => index.isPinned(x));
-      for (const [tag, rec] of index.tagRecordsOf(registry, repository)) if (!pinnedRoot(rec.digest)) index.untag(registry, repository, tag);
-      for (const [tag, f] of index.frozenTagsOf(registry, repository)) if (!pinnedRoot(f.digest)) index.unfreeze(registry, repository, tag);
+      for (const [tag, rec] of index.tagRecordsOf(registry, repository)) if (!pinnedRoot(rec.digest)) await index.untag(registry, repository, tag);
+      for (const [tag, f] of index.frozenTagsOf(registry, repository)) if (!pinnedRoot(f.digest)) await index.unfreeze(registry, repository, tag);
     }
-    if (force) for (const p of index.pinsOf(registry, repository)) if (!target.image || p.digests.includes(digests[0]!)) index.unpin(p.ref);
+    if (force) for (const p of index.pinsOf(registry, repository)) if (!target.image || p.digests.includes(digests[0]!)) await index.unpin(p.ref);
     // Content that other images of the same repository still use stays.
     const keep = new Set<Digest>();
     if (target.image) {
@@ -236,7 +236,7 @@ export class CacheAdmin {
     let freedBytes = 0;
     for (const d of digests) {
       if (index.isPinned(d) || keep.has(d)) continue;
-      index.unlink(registry, repository, d);
+      await index.unlink(registry, repository, d);
       if (index.linkedElsewhere(d, registry, repository)) continue;
       if (!this.d.disk.has(d)) {
         index.forgetManifest(d);
@@ -248,7 +248,7 @@ export class CacheAdmin {
       if (wasManifest) removedManifests++;
       else removedBlobs++;
     }
-    if (target.repo && (force || index.pinsOf(registry, repository).length === 0)) index.unlink(registry, repository);
+    if (target.repo && (force || index.pinsOf(registry, repository).length === 0)) await index.unlink(registry, repository);
     return { removedManifests, removedBlobs, freedBytes };
   }
 

@@ -75,7 +75,9 @@ export class ImagePuller {
           onBytes(size);
           continue;
         }
-        const res = await this.blobs.get({ registry, repository, digest, method: 'GET', range: undefined });
+        // The descriptor's size bounds the fill: the first byte beyond it aborts it.
+        const expected = typeof d.size === 'number' && Number.isSafeInteger(d.size) && d.size >= 0 ? { expectedSize: d.size } : {};
+        const res = await this.blobs.get({ registry, repository, digest, method: 'GET', range: undefined, ...expected });
         let n = 0;
         await pipeline(
           res.body ?? res.file!.toReadable(),

@@ -1,64 +1,19 @@
 // The owner of the cache's metadata: which repository may see which digest, each cached
 // manifest's media type and references, tag -> digest records, tag history, pins and frozen
-// tags. Held in memory, persisted as an append-only journal (index/journal.jsonl) that is
-// replayed and compacted at start-up. A torn last line (crash mid-append) is skipped; a
-// link whose blob is missing is harmless (the blob is simply filled again).
-import { createWriteStream, type WriteStream } from 'node:fs';
+// tags. Held in memory, persisted as an append-only journal (index/journal.jsonl, file side in
+// journal.ts) that is replayed and compacted at start-up and compacted again online when it has
+// grown. A torn last line (crash mid-append) is skipped; a link whose blob is missing is
+// harmless (the blob is simply filled again). Admin operations (pin, freeze, untag, ...) return
+// a promise that rejects when their journal write failed; pull-path writes (link, tag, manifest)
+// are fire-and-forget, logged and counted in `journalFailures` when they fail.
 import fs from 'node:fs/promises';
 import type { Logger } from '../logger.ts';
-import { isDigest, type Digest } from '../oci/digest.ts';
+import type { Digest } from '../oci/digest.ts';
+import type { FreezeRecord, HistoryRecord, ManifestMeta, PinRecord, TagRecord } from './index-records.ts';
+import { Journal, type JournalRecord } from './journal.ts';
 import type { CacheLayout } from './layout.ts';
 
-export interface TagRecord {
-  digest: Digest;
-  mediaType: string;
-  /** When the upstream last confirmed this digest for the tag (ms since epoch). */
-  checkedAt: number;
-}
-
-export interface ManifestMeta {
-  mediaType: string;
-  size: number;
-  /** Digests this manifest references: blobs, and child manifests for an index. */
-  refs: Digest[];
-}
-
-export interface HistoryRecord {
-  time: number;
-  registry: string;
-  repository: string;
-  tag: string;
-  oldDigest: Digest | null;
-  newDigest: Digest;
-  source: 'upstream' | 'freeze' | 'unfreeze';
-}
-
-export interface PinRecord {
-  /** The image reference as given (normalised), e.g. docker.io/library/alpine:3.19. */
-  ref: string;
-  registry: string;
-  repository: string;
-  digests: Digest[];
-  createdAt: number;
-}
-
-export interface FreezeRecord {
-  digest: Digest;
-  at: number;
-}
-
-type JournalRecord =
-  | { t: 'link'; r: string; n: string; d: Digest }
-  | { t: 'unlink'; r: string; n: string; d?: Digest }
-  | { t: 'manifest'; d: Digest; mt: string; size: number; refs?: Digest[] }
-  | { t: 'unmanifest'; d: Digest }
-  | { t: 'tag'; r: string; n: string; tag: string; d: Digest; mt: string; at: number }
-  | { t: 'untag'; r: string; n: string; tag: string }
-  | { t: 'hist'; r: string; n: string; tag: string; from: Digest | null; to: Digest; at: number; src: HistoryRecord['source'] }
-  | { t: 'pin'; ref: string; r: string; n: string; ds: Digest[]; at: number }
-  | { t: 'unpin'; ref: string }
-  | { t: 'freeze'; r: string; n: string; tag: string; d: Digest; at: number }
-  | { t: 'unfreeze'; r: string; n: string; tag: string };
+export type { FreezeRecord, HistoryRecord, ManifestMeta, PinRecord, TagRecord } from './index-records.ts';
 
 const repoKey = (registry: string, name: string) => `${registry}/${name}`;
 const splitKey = (key: string): [string, string] => {
@@ -66,6 +21,12 @@ const splitKey = (key: string): [string, string] => {
   return [key.slice(0, slash), key.slice(slash + 1)];
 };
 const MAX_HISTORY_PER_REPO = 1000;
+/**
+ * A revalidation that confirms a tag's digest only moves checkedAt in memory; it is written
+ * when the persisted check is older than this (and by every compaction). After a restart a tag
+ * whose last confirmation was not persisted is just revalidated once more.
+ */
+const PERSIST_CHECK_EVERY_MS = 60 * 60 * 1000;
 
 export class CacheIndex {
   private readonly links = new Map<string, Set<Digest>>();
@@ -77,44 +38,42 @@ export class CacheIndex {
   private readonly pins = new Map<string, PinRecord>();
   private readonly pinCounts = new Map<Digest, number>();
   private readonly freezes = new Map<string, Map<string, FreezeRecord>>();
-  private journal: WriteStream | undefined;
-  private journalRetryAt = 0;
-  private closed = false;
+  /** checkedAt of each tag as last written to the journal, keyed like `tags` plus the tag. */
+  private readonly persistedCheck = new Map<string, number>();
+  private readonly journal: Journal;
+  /** Journal writes that failed (pull-path ones are only logged: this counts them). */
+  journalFailures = 0;
+  /** Called on each failed journal write (the metrics counter). */
+  onJournalFailure: () => void = () => undefined;
 
   constructor(
     private readonly layout: CacheLayout,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.journal = new Journal(layout.journalFile);
+  }
 
   /** Replay the journal; `present(digest)` drops manifest records whose content is gone. */
   async init(present: (digest: Digest) => boolean = () => true): Promise<{ records: number; skipped: number }> {
     await fs.mkdir(this.layout.indexDir, { recursive: true });
-    let text = '';
-    try {
-      text = await fs.readFile(this.layout.journalFile, 'utf8');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
-    let records = 0;
-    let skipped = 0;
-    for (const line of text.split('\n')) {
-      if (!line) continue;
-      try {
-        this.apply(checkedRecord(JSON.parse(line)));
-        records++;
-      } catch {
-        skipped++;
-      }
-    }
-    if (skipped > 0) this.logger.warn({ skipped }, 'skipped unreadable index journal lines');
+    const result = await this.journal.replay((rec) => this.apply(rec));
+    if (result.skipped > 0) this.logger.warn({ skipped: result.skipped }, 'skipped unreadable index journal lines');
     for (const d of [...this.manifests.keys()]) if (!present(d)) this.apply({ t: 'unmanifest', d });
     await this.compact();
-    this.openJournal();
-    return { records, skipped };
+    return result;
   }
 
-  /** Rewrite the journal with only the live records (tmp + rename, so a crash keeps the old one). */
-  private async compact(): Promise<void> {
+  /** Rewrite the journal with only the live records (see Journal.compact). */
+  compact(): Promise<void> {
+    return this.journal.compact(() => this.liveLines());
+  }
+
+  /** The journal's size in bytes (for tests and stats). */
+  get journalBytes(): number {
+    return this.journal.size;
+  }
+
+  private liveLines(): string[] {
     const lines: string[] = [];
     const out = (r: JournalRecord) => lines.push(JSON.stringify(r));
     for (const [d, m] of this.manifests) out({ t: 'manifest', d, mt: m.mediaType, size: m.size, refs: m.refs });
@@ -124,7 +83,10 @@ export class CacheIndex {
     }
     for (const [key, tags] of this.tags) {
       const [r, n] = splitKey(key);
-      for (const [tag, rec] of tags) out({ t: 'tag', r, n, tag, d: rec.digest, mt: rec.mediaType, at: rec.checkedAt });
+      for (const [tag, rec] of tags) {
+        out({ t: 'tag', r, n, tag, d: rec.digest, mt: rec.mediaType, at: rec.checkedAt });
+        this.persistedCheck.set(`${key}\0${tag}`, rec.checkedAt);
+      }
     }
     for (const list of this.history.values()) {
       for (const h of list) out({ t: 'hist', r: h.registry, n: h.repository, tag: h.tag, from: h.oldDigest, to: h.newDigest, at: h.time, src: h.source });
@@ -134,9 +96,7 @@ export class CacheIndex {
       const [r, n] = splitKey(key);
       for (const [tag, f] of m) out({ t: 'freeze', r, n, tag, d: f.digest, at: f.at });
     }
-    const tmp = `${this.layout.journalFile}.compact`;
-    await fs.writeFile(tmp, lines.length ? lines.join('\n') + '\n' : '');
-    await fs.rename(tmp, this.layout.journalFile);
+    return lines;
   }
 
   private apply(rec: JournalRecord): void {
@@ -228,21 +188,24 @@ export class CacheIndex {
     for (const d of digests) bump(this.pinCounts, d, delta);
   }
 
-  private openJournal(): void {
-    const j = createWriteStream(this.layout.journalFile, { flags: 'a' });
-    j.on('error', (err) => {
-      // ENOSPC and friends: keep serving from memory, retry the journal a little later.
-      this.logger.error({ err }, 'index journal write failed; metadata kept in memory');
-      if (this.journal === j) this.journal = undefined;
-      this.journalRetryAt = Date.now() + 5000;
+  /** Apply a record and write it; the promise rejects when the write failed. */
+  private append(rec: JournalRecord): Promise<void> {
+    this.apply(rec);
+    const written = this.journal.append(rec);
+    if (this.journal.wantsCompaction) {
+      this.compact().catch((err: unknown) => this.logger.error({ err }, 'online index journal compaction failed'));
+    }
+    return written.catch((err: unknown) => {
+      this.journalFailures++;
+      this.onJournalFailure();
+      this.logger.error({ err, record: rec.t }, 'index journal write failed; metadata kept in memory only');
+      throw err;
     });
-    this.journal = j;
   }
 
-  private append(rec: JournalRecord): void {
-    this.apply(rec);
-    if (!this.journal && !this.closed && Date.now() >= this.journalRetryAt) this.openJournal();
-    this.journal?.write(JSON.stringify(rec) + '\n');
+  /** For pull-path records: a failure is logged and counted by append(), nobody waits on it. */
+  private appendQuietly(rec: JournalRecord): void {
+    this.append(rec).catch(() => undefined);
   }
 
   // ---- links -------------------------------------------------------------------------
@@ -252,11 +215,11 @@ export class CacheIndex {
   }
 
   link(registry: string, name: string, digest: Digest): void {
-    if (!this.isLinked(registry, name, digest)) this.append({ t: 'link', r: registry, n: name, d: digest });
+    if (!this.isLinked(registry, name, digest)) this.appendQuietly({ t: 'link', r: registry, n: name, d: digest });
   }
 
-  unlink(registry: string, name: string, digest?: Digest): void {
-    this.append(digest === undefined ? { t: 'unlink', r: registry, n: name } : { t: 'unlink', r: registry, n: name, d: digest });
+  unlink(registry: string, name: string, digest?: Digest): Promise<void> {
+    return this.append(digest === undefined ? { t: 'unlink', r: registry, n: name } : { t: 'unlink', r: registry, n: name, d: digest });
   }
 
   /** Whether any repository other than (registry, name) links the digest. */
@@ -286,12 +249,12 @@ export class CacheIndex {
 
   recordManifest(digest: Digest, mediaType: string, size: number, refs: Digest[] = []): void {
     const cur = this.manifests.get(digest);
-    if (!cur || cur.mediaType !== mediaType || cur.refs.length !== refs.length) this.append({ t: 'manifest', d: digest, mt: mediaType, size, refs });
+    if (!cur || cur.mediaType !== mediaType || cur.refs.length !== refs.length) this.appendQuietly({ t: 'manifest', d: digest, mt: mediaType, size, refs });
   }
 
   /** The manifest's content is gone (evicted, purged): forget what it referenced. */
   forgetManifest(digest: Digest): void {
-    if (this.manifests.has(digest)) this.append({ t: 'unmanifest', d: digest });
+    if (this.manifests.has(digest)) this.appendQuietly({ t: 'unmanifest', d: digest });
   }
 
   isManifest(digest: Digest): boolean {
@@ -321,19 +284,31 @@ export class CacheIndex {
     return [...(this.tags.get(repoKey(registry, name)) ?? new Map<string, TagRecord>()).entries()];
   }
 
-  /** Record what the upstream says a tag points to; a changed digest goes into the history. */
+  /**
+   * Record what the upstream says a tag points to; a changed digest goes into the history. A
+   * revalidation confirming the same digest and media type only moves checkedAt in memory,
+   * persisted at most once per PERSIST_CHECK_EVERY_MS (so the journal does not grow per check).
+   */
   setTag(registry: string, name: string, tag: string, rec: TagRecord, now = Date.now()): void {
     const prev = this.tag(registry, name, tag);
-    if (!prev || prev.digest !== rec.digest) this.appendHistory(registry, name, tag, prev?.digest ?? null, rec.digest, 'upstream', now);
-    this.append({ t: 'tag', r: registry, n: name, tag, d: rec.digest, mt: rec.mediaType, at: rec.checkedAt });
+    const key = `${repoKey(registry, name)}\0${tag}`;
+    if (prev && prev.digest === rec.digest && prev.mediaType === rec.mediaType) {
+      prev.checkedAt = Math.max(prev.checkedAt, rec.checkedAt);
+      if (prev.checkedAt - (this.persistedCheck.get(key) ?? 0) < PERSIST_CHECK_EVERY_MS) return;
+    } else if (!prev || prev.digest !== rec.digest) {
+      this.appendQuietly({ t: 'hist', r: registry, n: name, tag, from: prev?.digest ?? null, to: rec.digest, at: now, src: 'upstream' });
+    }
+    this.persistedCheck.set(key, rec.checkedAt);
+    this.appendQuietly({ t: 'tag', r: registry, n: name, tag, d: rec.digest, mt: rec.mediaType, at: rec.checkedAt });
   }
 
-  untag(registry: string, name: string, tag: string): void {
-    this.append({ t: 'untag', r: registry, n: name, tag });
+  untag(registry: string, name: string, tag: string): Promise<void> {
+    this.persistedCheck.delete(`${repoKey(registry, name)}\0${tag}`);
+    return this.append({ t: 'untag', r: registry, n: name, tag });
   }
 
-  private appendHistory(registry: string, name: string, tag: string, from: Digest | null, to: Digest, src: HistoryRecord['source'], at: number): void {
-    this.append({ t: 'hist', r: registry, n: name, tag, from, to, at, src });
+  private appendHistory(registry: string, name: string, tag: string, from: Digest | null, to: Digest, src: HistoryRecord['source'], at: number): Promise<void> {
+    return this.append({ t: 'hist', r: registry, n: name, tag, from, to, at, src });
   }
 
   historyOf(registry: string, name: string, tag?: string): HistoryRecord[] {
@@ -351,30 +326,33 @@ export class CacheIndex {
     return [...(this.freezes.get(repoKey(registry, name)) ?? new Map<string, FreezeRecord>()).entries()];
   }
 
-  freeze(registry: string, name: string, tag: string, digest: Digest, now = Date.now()): void {
+  /** Resolves once written; rejects when the journal write failed (the freeze would not survive a restart). */
+  async freeze(registry: string, name: string, tag: string, digest: Digest, now = Date.now()): Promise<void> {
     const current = this.frozen(registry, name, tag)?.digest ?? this.tag(registry, name, tag)?.digest ?? null;
-    this.append({ t: 'freeze', r: registry, n: name, tag, d: digest, at: now });
-    if (current !== digest) this.appendHistory(registry, name, tag, current, digest, 'freeze', now);
+    const written = [this.append({ t: 'freeze', r: registry, n: name, tag, d: digest, at: now })];
+    if (current !== digest) written.push(this.appendHistory(registry, name, tag, current, digest, 'freeze', now));
+    await Promise.all(written);
   }
 
-  unfreeze(registry: string, name: string, tag: string, now = Date.now()): boolean {
+  async unfreeze(registry: string, name: string, tag: string, now = Date.now()): Promise<boolean> {
     const f = this.frozen(registry, name, tag);
     if (!f) return false;
-    this.append({ t: 'unfreeze', r: registry, n: name, tag });
+    const written = [this.append({ t: 'unfreeze', r: registry, n: name, tag })];
     const upstream = this.tag(registry, name, tag)?.digest;
-    if (upstream && upstream !== f.digest) this.appendHistory(registry, name, tag, f.digest, upstream, 'unfreeze', now);
+    if (upstream && upstream !== f.digest) written.push(this.appendHistory(registry, name, tag, f.digest, upstream, 'unfreeze', now));
+    await Promise.all(written);
     return true;
   }
 
   // ---- pins --------------------------------------------------------------------------
 
-  pin(rec: PinRecord): void {
-    this.append({ t: 'pin', ref: rec.ref, r: rec.registry, n: rec.repository, ds: rec.digests, at: rec.createdAt });
+  pin(rec: PinRecord): Promise<void> {
+    return this.append({ t: 'pin', ref: rec.ref, r: rec.registry, n: rec.repository, ds: rec.digests, at: rec.createdAt });
   }
 
-  unpin(ref: string): boolean {
+  async unpin(ref: string): Promise<boolean> {
     if (!this.pins.has(ref)) return false;
-    this.append({ t: 'unpin', ref });
+    await this.append({ t: 'unpin', ref });
     return true;
   }
 
@@ -390,11 +368,9 @@ export class CacheIndex {
     return [...this.pins.values()];
   }
 
+  /** Wait for pending journal writes (and a running compaction); appends after this still work. */
   async close(): Promise<void> {
-    this.closed = true;
-    const j = this.journal;
-    this.journal = undefined;
-    if (j) await new Promise<void>((resolve) => j.end(resolve));
+    await this.journal.flush();
   }
 }
 
@@ -402,19 +378,4 @@ function bump(m: Map<Digest, number>, key: Digest, delta: 1 | -1): void {
   const n = (m.get(key) ?? 0) + delta;
   if (n <= 0) m.delete(key);
   else m.set(key, n);
-}
-
-/**
- * A journal line as parsed JSON, checked before it is applied: every digest field must be a
- * valid digest (a hand-edited or corrupted journal cannot put a path into a file name).
- */
-function checkedRecord(v: unknown): JournalRecord {
-  if (typeof v !== 'object' || v === null) throw new Error('not a record');
-  const r = v as Record<string, unknown>;
-  const digestField = (x: unknown) => x === undefined || x === null || (typeof x === 'string' && isDigest(x));
-  const digestList = (x: unknown) => x === undefined || (Array.isArray(x) && x.every((e) => typeof e === 'string' && isDigest(e)));
-  if (!digestField(r.d) || !digestField(r.from) || !digestField(r.to) || !digestList(r.refs) || !digestList(r.ds)) {
-    throw new Error('record with an invalid digest');
-  }
-  return r as unknown as JournalRecord;
 }
