@@ -4,6 +4,9 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { replicationConfig, replicationFileSchema, type ReplicationConfig } from './config-replication.ts';
+
+export type { PeerConfig, ReplicationConfig } from './config-replication.ts';
 
 export interface RegistryConfig {
   /** The key clients use (`?ns=`, path prefix), e.g. `docker.io`. Never an address to connect to. */
@@ -70,6 +73,11 @@ export interface Config {
   };
   readonly log: { readonly level: string };
   readonly shutdownGraceMs: number;
+  /** This region's name (default: the host name). */
+  readonly region: string;
+  readonly peers: ReplicationConfig['peers'];
+  readonly replication: ReplicationConfig['replication'];
+  readonly failover: ReplicationConfig['failover'];
   /** ocirelay's version (package.json), sent upstream as User-Agent: ocirelay/<version>. */
   readonly version: string;
 }
@@ -246,6 +254,7 @@ const fileSchema = z
       .optional(),
     log: z.object({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional() }).strict().optional(),
     shutdownGrace: duration.optional(),
+    ...replicationFileSchema,
   })
   .strict();
 
@@ -378,6 +387,9 @@ export function loadConfig(src: ConfigSources = {}): Config {
     server: Object.freeze(serverLimits(c.server)),
     log: Object.freeze({ level: c.log?.level ?? 'info' }),
     shutdownGraceMs: c.shutdownGrace ?? 30_000,
+    ...replicationConfig(c, cwd, (message) => {
+      throw new ConfigError(message);
+    }),
     version: packageVersion(),
   };
   return Object.freeze(cfg);
