@@ -8,6 +8,7 @@ import { createListener } from './http/listener.ts';
 import type { Config } from './config.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { Metrics } from './metrics.ts';
+import { CacheEvents } from './cache-events.ts';
 import { BlobFills } from './pull-through/blob-fills.ts';
 import { BlobService } from './pull-through/blob-service.ts';
 import { ListingService } from './pull-through/listing-service.ts';
@@ -91,8 +92,11 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
   const health = new DiskHealth(layout.tmpDir, metrics, logger, 5000, () => void evictor.check());
   // Upstream 404s remembered for each registry's negativeTTL (shared by manifests and blobs).
   const negative = new NegativeCache({ ttlMs: (registry) => config.registries.get(registry)?.negativeTtlMs ?? 30_000, metrics });
-  const blobs = new BlobService({ disk, memory, index, fills, upstreams, evictor, health, metrics, logger, negative });
+  // Content changes, for the replication outbox (and later the S3 write-behind).
+  const events = new CacheEvents();
+  const blobs = new BlobService({ disk, memory, index, fills, upstreams, evictor, health, metrics, logger, negative, events });
   const manifests = new ManifestService({
+    events,
     disk,
     memory,
     index,

@@ -22,6 +22,7 @@ import type { BlobFills } from './blob-fills.ts';
 import { verifiedStream } from './verified-stream.ts';
 import { errorFromTransport, errorFromUpstream } from './upstream-errors.ts';
 import type { NegativeCache } from './negative-cache.ts';
+import type { CacheEvents } from '../cache-events.ts';
 
 export interface BlobRequest {
   registry: string;
@@ -60,6 +61,8 @@ export interface BlobServiceDeps {
   logger: Logger;
   /** Recent upstream 404s, answered without asking again; absent: every miss asks. */
   negative?: NegativeCache;
+  /** Told of every committed blob (replication outbox), awaited before the commit is acknowledged. */
+  events?: CacheEvents;
 }
 
 const OCTET = 'application/octet-stream';
@@ -162,6 +165,7 @@ export class BlobService {
           if (!admitted) throw new NoRoomError();
           index.link(req.registry, req.repository, req.digest);
           if (small) memory.set(req.digest, small);
+          await this.announce(req, sz);
           this.d.metrics.cacheBytes.set({ tier: 'disk' }, disk.bytes);
           this.d.metrics.cacheEntries.set({ tier: 'disk' }, disk.count);
           // After this fill has left the in-flight set, so its bytes are not counted twice.
@@ -174,6 +178,15 @@ export class BlobService {
       this.d.metrics.coalescedWaiters.inc();
     }
     return this.serveFill(req, fill, joined);
+  }
+
+  /** Tell the listeners (replication) of a committed blob; their failure is logged, the blob stays committed. */
+  private async announce(req: BlobRequest, size: number): Promise<void> {
+    try {
+      await this.d.events?.contentCommitted({ kind: 'blob', registry: req.registry, repository: req.repository, digest: req.digest, size, via: 'upstream' });
+    } catch (err) {
+      this.d.logger.error({ err, digest: req.digest }, 'a cache listener failed on a committed blob');
+    }
   }
 
   private async serveFill(req: BlobRequest, fill: BlobFill, joined: boolean): Promise<BlobResponse> {

@@ -15,6 +15,7 @@ import type { MemoryCache } from '../storage/memory-cache.ts';
 import type { RegistryClient, UpstreamResponse } from '../upstream/registry-client.ts';
 import { errorFromTransport, errorFromUpstream, isOutage } from './upstream-errors.ts';
 import type { NegativeCache } from './negative-cache.ts';
+import type { CacheEvents } from '../cache-events.ts';
 
 export interface ManifestRequest {
   registry: string;
@@ -41,6 +42,8 @@ export interface ManifestServiceDeps {
   tagTtlMs: (registry: string) => number;
   /** Recent upstream 404s, answered without asking again; absent: every miss asks. */
   negative?: NegativeCache;
+  /** Told of every stored manifest and every tag that resolved to a new digest (replication). */
+  events?: CacheEvents;
   metrics: Metrics;
   logger: Logger;
   now?: () => number;
@@ -207,6 +210,15 @@ export class ManifestService {
     this.d.logger.warn({ registry: req.registry, repository: req.repository, reference: req.reference, reason }, 'upstream unavailable: serving cached manifest stale');
   }
 
+  /** Tell the listeners (replication); their failure is logged, what was stored stays. */
+  private async announce(emit: () => Promise<void> | undefined): Promise<void> {
+    try {
+      await emit();
+    } catch (err) {
+      this.d.logger.error({ err }, 'a cache listener failed on a stored manifest or tag');
+    }
+  }
+
   /** Remembers an upstream 404 for this manifest (or NAME_UNKNOWN for its repository); returns the error. */
   private notFound(req: ManifestRequest, e: RegistryError): RegistryError {
     this.d.negative?.remember(req.registry, req.repository, 'manifest', req.reference, e);
@@ -289,6 +301,7 @@ export class ManifestService {
     this.d.memory.set(digest, body);
     const { index } = this.d;
     const childRefs = [...refs.blobs, ...refs.manifests].filter(isDigest);
+    let stored: Promise<void> | undefined;
     if (this.d.health.writable && !this.storing.has(digest)) {
       // Written to disk after the answer: the memory copy serves meanwhile, and only content
       // on disk is recorded as cached.
@@ -296,9 +309,12 @@ export class ManifestService {
       const p = this.d.disk
         .put(digest, body)
         .then(
-          () => {
+          async () => {
             index.recordManifest(digest, mediaType, body.length, childRefs);
             void this.d.evictor.check();
+            await this.announce(() =>
+              this.d.events?.contentCommitted({ kind: 'manifest', registry: req.registry, repository: req.repository, digest, size: body.length, mediaType, via: 'upstream' }),
+            );
           },
           (e: unknown) => this.d.health.failed(e, 'storing a manifest'),
         )
@@ -307,6 +323,7 @@ export class ManifestService {
           this.writes.delete(p);
         });
       this.writes.add(p);
+      stored = p;
     }
 
     // Only what this repository itself answered is linked to it: a digest a manifest lists
@@ -314,9 +331,17 @@ export class ManifestService {
     index.link(req.registry, req.repository, digest);
     if (!isDigest(req.reference)) {
       const prev = index.tag(req.registry, req.repository, req.reference);
-      index.setTag(req.registry, req.repository, req.reference, { digest, mediaType, checkedAt: this.now() });
+      const resolvedAt = this.now();
+      index.setTag(req.registry, req.repository, req.reference, { digest, mediaType, checkedAt: resolvedAt });
       if (prev && prev.digest !== digest) {
         this.d.logger.info({ registry: req.registry, repository: req.repository, tag: req.reference, from: prev.digest, to: digest }, 'tag moved');
+      }
+      if (!prev || prev.digest !== digest) {
+        // After the manifest's own write (a receiver needs the manifest before the tag).
+        const tag = req.reference;
+        void Promise.resolve(stored).then(() =>
+          this.announce(() => this.d.events?.tagResolved({ registry: req.registry, repository: req.repository, tag, digest, mediaType, resolvedAt, via: 'upstream' })),
+        );
       }
     }
     return { digest, mediaType, body };
