@@ -6,7 +6,9 @@
 // The server's own type (a type-only import: no server code is loaded by the CLI).
 import type { CachedImage } from '../admin/cache-admin.ts';
 import type { HistoryRecord } from '../storage/cache-index.ts';
-export type { CachedImage };
+import type { ReplicationStatus, PeerStatus } from '../replication/status.ts';
+import type { BackfillAnswer } from '../replication/replication-admin.ts';
+export type { CachedImage, ReplicationStatus, PeerStatus, BackfillAnswer };
 
 export interface Stats {
   requests: { hit: number; miss: number; coalesced: number; stale: number };
@@ -181,6 +183,14 @@ export class AdminClient {
 
   purge(body: { image: string; force: boolean } | { repository: string; force: boolean }): Promise<PurgeAnswer> {
     return this.#request('POST', '/api/v1/purge', { body, expect: (b) => typeof b.removedManifests === 'number' });
+  }
+
+  replication(): Promise<ReplicationStatus> {
+    return this.#request('GET', '/api/v1/replication', { expect: (b) => Array.isArray(b.peers) });
+  }
+
+  replicate(body: { peer: string; all: true } | { peer: string; images: string[] }): Promise<BackfillAnswer> {
+    return this.#request('POST', '/api/v1/replicate', { body, expect: (b) => typeof b.queued === 'number' });
   }
 
   history(query: { image: string } | { repository: string }): Promise<{ history: HistoryEntry[] }> {

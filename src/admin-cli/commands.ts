@@ -1,5 +1,5 @@
 // The admin commands (`ocirelay ls | stats | pin | unpin | freeze | unfreeze | prefetch |
-// purge | history`): parse the command line, call the admin API, print a table or the API's
+// purge | history`, and replication-commands.ts: `replication | replicate`): parse the command line, call the admin API, print a table or the API's
 // JSON, and turn every outcome into one of the exit codes of exit-codes.ts. Nothing here
 // reads the proxy's config file: the admin API's URL and token come from flags or the env.
 import { readFile } from 'node:fs/promises';
@@ -21,6 +21,7 @@ import { formatAge, formatBytes, formatElapsed, formatPercent, formatTime, parse
 import { waitForJob } from './prefetch-wait.ts';
 import { createJobProgress, type ProgressStream } from './progress.ts';
 import { renderKeyValues, renderTable } from './table.ts';
+import { REPLICATION_COMMANDS } from './replication-commands.ts';
 
 export const DEFAULT_ADMIN_URL = 'http://127.0.0.1:5050';
 const DEFAULT_TIMEOUT = '30m';
@@ -47,9 +48,9 @@ export class InterruptedError extends Error {
 }
 
 type OptionSpec = { type: 'string' | 'boolean'; multiple?: boolean; short?: string };
-type Values = Record<string, string | boolean | Array<string | boolean> | undefined>;
+export type Values = Record<string, string | boolean | Array<string | boolean> | undefined>;
 
-interface Context {
+export interface Context {
   client: AdminClient;
   io: CliIo;
   json: boolean;
@@ -59,7 +60,7 @@ interface Context {
   print(answer: unknown, human: () => string): void;
 }
 
-interface Command {
+export interface Command {
   /** Synopsis after `ocirelay `, e.g. `ls [--registry R] [--repository N]`. */
   synopsis: string[];
   summary: string;
@@ -430,6 +431,8 @@ const COMMANDS: Record<string, Command> = {
       };
     },
   },
+
+  ...REPLICATION_COMMANDS,
 };
 
 export function isAdminCommand(name: string): boolean {

@@ -10,6 +10,7 @@ import type { CacheAdmin } from './cache-admin.ts';
 import { parseImageRef, parseRepoRef } from './image-ref.ts';
 import type { PrefetchJobs } from './prefetch-jobs.ts';
 import { parseDigest } from '../oci/digest.ts';
+import type { ReplicationAdmin } from '../replication/replication-admin.ts';
 
 export interface AdminDeps {
   admin: CacheAdmin;
@@ -19,6 +20,8 @@ export interface AdminDeps {
   token?: string;
   /** Largest request body accepted, in bytes (config server.adminBodyLimit). */
   bodyLimit: number;
+  /** Replication status and backfills; absent: GET /api/v1/replication answers no peers. */
+  replication?: ReplicationAdmin;
 }
 
 const isLoopback = (addr: string | undefined) => !!addr && (addr === '::1' || addr.startsWith('127.') || addr.startsWith('::ffff:127.'));
@@ -116,6 +119,18 @@ export function createAdminApp(d: AdminDeps): Hono {
     if ((b.image === undefined) === (b.repository === undefined)) throw new RegistryError('BAD_REQUEST', 'give exactly one of image or repository');
     const target = b.image !== undefined ? { image: parseImageRef(d.router, b.image) } : { repo: parseRepoRef(d.router, b.repository) };
     return c.json(await d.admin.purge(target, b.force === true));
+  });
+  app.get('/api/v1/replication', (c) => c.json(d.replication?.status() ?? { region: null, peers: [] }));
+  app.post('/api/v1/replicate', async (c) => {
+    const b = await body(c);
+    if (typeof b.peer !== 'string' || b.peer === '') throw new RegistryError('BAD_REQUEST', 'peer must be the name of a replicating peer');
+    const all = b.all === true;
+    const images = b.images;
+    if (all === (images !== undefined)) throw new RegistryError('BAD_REQUEST', 'give either "all": true or "images": [...]');
+    if (!all && (!Array.isArray(images) || images.length === 0 || images.length > 1000)) throw new RegistryError('BAD_REQUEST', 'images must be a non-empty list of image references (at most 1000)');
+    if (!d.replication) throw new RegistryError('NOT_FOUND', `no replicating peer named "${b.peer}"`);
+    const target = all ? { all: true as const } : { refs: (images as unknown[]).map((i) => parseImageRef(d.router, i)) };
+    return c.json(await d.replication.backfill(b.peer, target), 202);
   });
   app.get('/api/v1/history', (c) => {
     const image = c.req.query('image');

@@ -10,6 +10,7 @@ import type { MemoryCache } from '../storage/memory-cache.ts';
 import type { ImageRef, RepoRef } from './image-ref.ts';
 import type { ImagePuller } from './image-puller.ts';
 import type { Digest } from '../oci/digest.ts';
+import type { CacheEvents } from '../cache-events.ts';
 
 export interface CachedImage {
   registry: string;
@@ -35,6 +36,8 @@ export interface CacheAdminDeps {
   metrics: Metrics;
   maxBytes: number;
   memoryBytes: number;
+  /** Pins and freezes are announced here (replication sends them to ocirelay peers). */
+  events?: CacheEvents;
 }
 
 const iso = (ms: number | undefined) => (ms === undefined ? null : new Date(ms).toISOString());
@@ -165,10 +168,12 @@ export class CacheAdmin {
     const pulled = await this.d.puller.pull(ref.registry, ref.repository, ref.digest ?? ref.tag!, platforms);
     const id = platforms && platforms.length > 0 ? `${ref.canonical}#${[...platforms].sort().join(',')}` : ref.canonical;
     await this.d.index.pin({ ref: id, registry: ref.registry, repository: ref.repository, digests: pulled.digests, createdAt: Date.now() });
+    await this.d.events?.pinChanged({ registry: ref.registry, repository: ref.repository, ref: id, digests: pulled.digests, pinned: true });
     let frozen: { tag: string; digest: Digest } | null = null;
     if (freeze) {
       if (!ref.tag) throw new RegistryError('TAG_INVALID', 'freeze needs a tag reference');
       await this.d.index.freeze(ref.registry, ref.repository, ref.tag, pulled.digest);
+      await this.d.events?.freezeChanged({ registry: ref.registry, repository: ref.repository, tag: ref.tag, digest: pulled.digest, at: Date.now() });
       frozen = { tag: ref.tag, digest: pulled.digest };
     }
     return { pinned: { image: ref.canonical, digest: pulled.digest, digests: pulled.digests, bytes: pulled.bytes }, frozen };
@@ -177,9 +182,13 @@ export class CacheAdmin {
   async unpin(ref: ImageRef, unfreeze: boolean): Promise<{ unpinned: number; unfrozen: boolean }> {
     let unpinned = 0;
     for (const p of this.d.index.pinsOf(ref.registry, ref.repository)) {
-      if (p.ref === ref.canonical || p.ref.startsWith(`${ref.canonical}#`)) unpinned += (await this.d.index.unpin(p.ref)) ? 1 : 0;
+      if (!(p.ref === ref.canonical || p.ref.startsWith(`${ref.canonical}#`))) continue;
+      if (!(await this.d.index.unpin(p.ref))) continue;
+      unpinned++;
+      await this.d.events?.pinChanged({ registry: ref.registry, repository: ref.repository, ref: p.ref, digests: p.digests, pinned: false });
     }
     const unfrozen = unfreeze && ref.tag ? await this.d.index.unfreeze(ref.registry, ref.repository, ref.tag) : false;
+    if (unfrozen) await this.d.events?.freezeChanged({ registry: ref.registry, repository: ref.repository, tag: ref.tag!, digest: undefined, at: Date.now() });
     if (unpinned === 0 && !unfrozen) throw new RegistryError('NOT_FOUND', `${ref.canonical} is not pinned`);
     void this.d.evictor.check();
     return { unpinned, unfrozen };
@@ -190,12 +199,14 @@ export class CacheAdmin {
     // Resolve the current digest (or make sure the chosen one is cached) by pulling it.
     const pulled = await this.d.puller.pull(ref.registry, ref.repository, digest ?? ref.tag, undefined);
     await this.d.index.freeze(ref.registry, ref.repository, ref.tag, pulled.digest);
+    await this.d.events?.freezeChanged({ registry: ref.registry, repository: ref.repository, tag: ref.tag, digest: pulled.digest, at: Date.now() });
     return { frozen: { registry: ref.registry, repository: ref.repository, tag: ref.tag, digest: pulled.digest } };
   }
 
   async unfreeze(ref: ImageRef): Promise<{ unfrozen: boolean }> {
     if (!ref.tag) throw new RegistryError('TAG_INVALID', 'unfreeze needs a tag reference');
     if (!(await this.d.index.unfreeze(ref.registry, ref.repository, ref.tag))) throw new RegistryError('NOT_FOUND', `${ref.canonical} is not frozen`);
+    await this.d.events?.freezeChanged({ registry: ref.registry, repository: ref.repository, tag: ref.tag, digest: undefined, at: Date.now() });
     return { unfrozen: true };
   }
 

@@ -1,0 +1,45 @@
+// The replication metrics (issue 10 item 5), registered on the process's Metrics registry (one
+// set per registry): kept beside the replicator so the shared metrics.ts stays small.
+import { Counter, Gauge } from 'prom-client';
+import type { Metrics } from '../metrics.ts';
+
+export class ReplicationMetrics {
+  readonly pending: Gauge<'peer'>;
+  readonly lag: Gauge<'peer'>;
+  readonly bytes: Counter<'peer'>;
+  readonly failures: Counter<'peer' | 'reason'>;
+  readonly readiness: Gauge<'peer'>;
+
+  private constructor(m: Metrics) {
+    const registers = [m.registry];
+    this.pending = new Gauge({ name: 'ocirelay_replication_pending_jobs', help: "Jobs in a peer's replication outbox", labelNames: ['peer'], registers });
+    this.lag = new Gauge({
+      name: 'ocirelay_replication_lag_seconds',
+      help: "Age of the oldest job in a peer's replication outbox (0 when it is empty)",
+      labelNames: ['peer'],
+      registers,
+    });
+    this.bytes = new Counter({ name: 'ocirelay_replication_bytes_total', help: 'Blob bytes uploaded to a peer by replication', labelNames: ['peer'], registers });
+    this.failures = new Counter({
+      name: 'ocirelay_replication_failures_total',
+      help: 'Replication failures by peer and reason (unreachable, http_5xx, auth, rejected, local: an attempt failed and is retried; evicted, outbox_full: a job was dropped; outbox_write: a job could not be queued)',
+      labelNames: ['peer', 'reason'],
+      registers,
+    });
+    this.readiness = new Gauge({
+      name: 'ocirelay_dr_readiness_ratio',
+      help: "Share of this region's cached images confirmed present at a peer (updated when GET /api/v1/replication is asked)",
+      labelNames: ['peer'],
+      registers,
+    });
+  }
+
+  private static readonly sets = new WeakMap<Metrics, ReplicationMetrics>();
+
+  /** The set registered on `m` (made on first use: a registry takes each name once). */
+  static of(m: Metrics): ReplicationMetrics {
+    let r = ReplicationMetrics.sets.get(m);
+    if (!r) ReplicationMetrics.sets.set(m, (r = new ReplicationMetrics(m)));
+    return r;
+  }
+}

@@ -1,0 +1,451 @@
+// Pushes what this region caches to its replicating peers. As a CacheListener it turns every
+// committed blob and manifest, every tag that resolved to a new digest, and every pin and
+// freeze into one job per peer in that peer's Outbox (on disk before the commit is
+// acknowledged). Workers (replication.concurrency over all peers) send them: HEAD first, a
+// mount where the peer is known to hold the blob in another repository, an upload from the
+// local file otherwise; a manifest's blobs before it, an index's children before it, a tag
+// after its manifest. Content that came from a peer (via push or failover) is never queued:
+// with a full mesh that would loop.
+import path from 'node:path';
+import type { CacheListener, ContentCommitted, FreezeChanged, PinChanged, TagResolved } from '../cache-events.ts';
+import { globMatcher, type PeerConfig, type ReplicationConfig } from '../config-replication.ts';
+import type { Logger } from '../logger.ts';
+import type { Metrics } from '../metrics.ts';
+import { parseDigest, type Digest } from '../oci/digest.ts';
+import { guessManifestMediaType } from '../oci/media-types.ts';
+import type { CacheIndex } from '../storage/cache-index.ts';
+import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
+import { Outbox, type Job, type JobSpec } from './outbox.ts';
+import { PeerClient, PeerError } from './peer-client.ts';
+import { backoffMs } from './backoff.ts';
+import { ReplicationMetrics } from './replication-metrics.ts';
+import type { PeerStatus, ReplicationStatus } from './status.ts';
+
+/** Pending jobs per peer; beyond, new ones are dropped and counted (reason outbox_full). */
+export const MAX_PENDING_PER_PEER = 100_000;
+/** A job the peer keeps refusing (a 4xx) is dropped after this many attempts (about an hour). */
+const MAX_JOB_ATTEMPTS = 20;
+
+export interface ReplicatorDeps {
+  config: ReplicationConfig & { dataDir: string; version: string };
+  disk: DiskBlobStore;
+  index: CacheIndex;
+  /** Pulls an image (or an index's child) into the cache through the normal path. */
+  pull(registry: string, repository: string, reference: string): Promise<unknown>;
+  /** This region's cached images (for DR readiness). */
+  images(): Array<{ digest: Digest; size: number }>;
+  metrics: Metrics;
+  logger: Logger;
+}
+
+/** The blob is no longer in the local cache: the job cannot be sent. */
+class Evicted extends Error {
+  constructor(digest: Digest) {
+    super(`${digest} is no longer in the local cache`);
+  }
+}
+
+interface PeerState {
+  peer: PeerConfig;
+  client: PeerClient;
+  outbox: Outbox;
+  /** Consecutive peer-wide failures, and no job is started before backoffUntil. */
+  failures: number;
+  backoffUntil: number;
+  lastSuccess: number | undefined;
+  lastError: { at: number; message: string } | undefined;
+  /** Manifests confirmed present at the peer (in memory: DR readiness, and no second HEAD). */
+  confirmed: Set<Digest>;
+  /** Where the peer holds a blob (repository path), for cross-repository mounts. */
+  blobHome: Map<Digest, string>;
+}
+
+type Outcome = 'sent' | 'present' | 'evicted';
+
+export class Replicator implements CacheListener {
+  private readonly peers: PeerState[] = [];
+  private readonly matches: (subject: string) => boolean;
+  private running = 0;
+  private rr = 0;
+  private closed = false;
+  private timer: NodeJS.Timeout | undefined;
+  private gauges: NodeJS.Timeout | undefined;
+  private readonly inflight = new Set<Promise<void>>();
+  private readonly m: ReplicationMetrics;
+
+  constructor(private readonly d: ReplicatorDeps) {
+    const include = globMatcher(d.config.replication.include);
+    const exclude = globMatcher(d.config.replication.exclude);
+    this.matches = (s) => include(s) && !exclude(s);
+    this.m = ReplicationMetrics.of(d.metrics);
+  }
+
+  /** Open every replicating peer's outbox (replaying what a crash left) and start the workers. */
+  async start(): Promise<void> {
+    for (const peer of this.d.config.peers.values()) {
+      if (!peer.replicate) continue;
+      const file = path.join(this.d.config.dataDir, 'replication', `${peer.name}.jsonl`);
+      const { outbox, replayed, skipped } = await Outbox.open(file, { maxPending: MAX_PENDING_PER_PEER });
+      if (replayed > 0 || skipped > 0) this.d.logger.info({ peer: peer.name, replayed, skipped }, 'replication outbox replayed');
+      this.peers.push({
+        peer,
+        client: new PeerClient(peer, `ocirelay/${this.d.config.version}`),
+        outbox,
+        failures: 0,
+        backoffUntil: 0,
+        lastSuccess: undefined,
+        lastError: undefined,
+        confirmed: new Set(),
+        blobHome: new Map(),
+      });
+    }
+    this.updateGauges();
+    this.gauges = setInterval(() => this.updateGauges(), 1000);
+    this.gauges.unref();
+    this.kick();
+  }
+
+  get peerCount(): number {
+    return this.peers.length;
+  }
+
+  // ---- the CacheListener side: one job per peer, on disk before the commit is acknowledged ----
+
+  private wanted(via: string, registry: string, repository: string): boolean {
+    return (via === 'upstream' || via === 'admin') && this.matches(`${registry}/${repository}`);
+  }
+
+  async contentCommitted(e: ContentCommitted): Promise<void> {
+    if (!this.wanted(e.via, e.registry, e.repository)) return;
+    await this.enqueue(this.peers, { k: e.kind, r: e.registry, n: e.repository, d: e.digest });
+  }
+
+  async tagResolved(e: TagResolved): Promise<void> {
+    if (!this.wanted(e.via, e.registry, e.repository)) return;
+    await this.enqueue(this.peers, { k: 'tag', r: e.registry, n: e.repository, tag: e.tag, d: e.digest, at: e.resolvedAt });
+  }
+
+  /** Pins go to ocirelay peers (a registry has no pins). Admin actions: never received from a peer. */
+  async pinChanged(e: PinChanged): Promise<void> {
+    if (!this.matches(`${e.registry}/${e.repository}`)) return;
+    const ocirelays = this.peers.filter((p) => p.peer.kind === 'ocirelay');
+    await this.enqueue(ocirelays, { k: 'pin', r: e.registry, n: e.repository, ref: e.ref, ds: e.digests, pinned: e.pinned, at: Date.now() });
+  }
+
+  /** Freezes go to ocirelay peers as freezes, to registry peers as the tag pointing at the frozen digest. */
+  async freezeChanged(e: FreezeChanged): Promise<void> {
+    if (!this.matches(`${e.registry}/${e.repository}`)) return;
+    const ocirelays = this.peers.filter((p) => p.peer.kind === 'ocirelay');
+    await this.enqueue(ocirelays, { k: 'freeze', r: e.registry, n: e.repository, tag: e.tag, d: e.digest ?? null, at: e.at });
+    if (e.digest !== undefined) {
+      const registries = this.peers.filter((p) => p.peer.kind === 'registry');
+      await this.enqueue(registries, { k: 'tag', r: e.registry, n: e.repository, tag: e.tag, d: e.digest, at: e.at });
+    }
+  }
+
+  /** Queue jobs for a backfill (`ocirelay replicate`); answers how many were queued per peer. */
+  async backfill(peerName: string, specs: JobSpec[]): Promise<{ queued: number; duplicate: number; full: number }> {
+    const st = this.peers.find((p) => p.peer.name === peerName);
+    if (!st) throw new Error(`no replicating peer named ${peerName}`);
+    const out = { queued: 0, duplicate: 0, full: 0 };
+    for (const s of specs) {
+      const r = await this.addOne(st, s);
+      if (r === 'added') out.queued++;
+      else if (r === 'duplicate') out.duplicate++;
+      else out.full++;
+    }
+    this.kick();
+    return out;
+  }
+
+  hasPeer(name: string): boolean {
+    return this.peers.some((p) => p.peer.name === name);
+  }
+
+  private async enqueue(peers: PeerState[], spec: JobSpec): Promise<void> {
+    if (this.closed || peers.length === 0) return;
+    await Promise.all(peers.map((st) => this.addOne(st, spec)));
+    this.kick();
+  }
+
+  private async addOne(st: PeerState, spec: JobSpec): Promise<'added' | 'duplicate' | 'full'> {
+    try {
+      const r = await st.outbox.add(spec);
+      if (r === 'full') {
+        this.m.failures.inc({ peer: st.peer.name, reason: 'outbox_full' });
+        this.d.logger.warn({ peer: st.peer.name, job: spec }, 'replication outbox full: job dropped');
+      }
+      return r;
+    } catch (err) {
+      this.m.failures.inc({ peer: st.peer.name, reason: 'outbox_write' });
+      throw err;
+    }
+  }
+
+  // ---- the workers ------------------------------------------------------------------------
+
+  private kick(): void {
+    if (this.closed) return;
+    const limit = this.d.config.replication.concurrency;
+    while (this.running < limit) {
+      const next = this.pick();
+      if (!next) break;
+      this.running++;
+      const p = this.run(next.st, next.job).finally(() => {
+        this.running--;
+        this.inflight.delete(p);
+        this.kick();
+      });
+      this.inflight.add(p);
+    }
+    // Jobs waiting for their retry time or a peer's backoff: look again soon.
+    if (!this.timer && this.peers.some((p) => p.outbox.pending > 0)) {
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        this.kick();
+      }, 250);
+      this.timer.unref();
+    }
+  }
+
+  /** The next job to run, taking peers in turn so that one peer's backlog does not starve another. */
+  private pick(): { st: PeerState; job: Job } | undefined {
+    const now = Date.now();
+    for (let i = 0; i < this.peers.length; i++) {
+      const st = this.peers[(this.rr + i) % this.peers.length]!;
+      if (st.backoffUntil > now) continue;
+      const job = st.outbox.take(now);
+      if (job) {
+        this.rr = (this.rr + i + 1) % this.peers.length;
+        return { st, job };
+      }
+    }
+    return undefined;
+  }
+
+  private async run(st: PeerState, job: Job): Promise<void> {
+    const peer = st.peer.name;
+    try {
+      const outcome = await this.execute(st, job.spec);
+      if (outcome === 'evicted') {
+        this.m.failures.inc({ peer, reason: 'evicted' });
+        this.d.logger.warn({ peer, job: job.spec }, 'replication job dropped: its content was evicted locally before it left');
+      } else {
+        st.lastSuccess = Date.now();
+        this.d.logger.debug({ peer, job: job.spec, outcome }, 'replicated');
+      }
+      st.failures = 0;
+      await st.outbox.done(job);
+    } catch (err) {
+      if (this.closed) {
+        st.outbox.release(job);
+        return;
+      }
+      const message = (err as Error).message;
+      st.lastError = { at: Date.now(), message };
+      if (err instanceof PeerError && err.peerWide) {
+        this.m.failures.inc({ peer, reason: err.reason });
+        // The peer as a whole is down or refusing us: every job of it waits, this one untried.
+        st.outbox.release(job);
+        const now = Date.now();
+        if (st.backoffUntil <= now) {
+          st.failures++;
+          const wait = backoffMs(st.failures);
+          st.backoffUntil = now + wait;
+          this.d.logger.warn({ peer, err: message, retryInMs: wait, pending: st.outbox.pending }, 'replication peer unavailable: backing off');
+        }
+        return;
+      }
+      const reason = err instanceof PeerError ? err.reason : 'local';
+      this.m.failures.inc({ peer, reason });
+      if (job.attempts + 1 >= MAX_JOB_ATTEMPTS) {
+        this.d.logger.error({ peer, job: job.spec, err: message, attempts: job.attempts + 1 }, 'replication job dropped after repeated failures');
+        await st.outbox.done(job).catch(() => undefined);
+        return;
+      }
+      const wait = backoffMs(job.attempts + 1);
+      this.d.logger.warn({ peer, job: job.spec, err: message, retryInMs: wait }, 'replication job failed: will retry');
+      st.outbox.retryAt(job, Date.now() + wait);
+    }
+  }
+
+  private async execute(st: PeerState, s: JobSpec): Promise<Outcome> {
+    const repo = st.client.repoPath(s.r, s.n);
+    switch (s.k) {
+      case 'blob': {
+        if (await st.client.hasBlob(repo, s.d)) {
+          st.blobHome.set(s.d, repo);
+          return 'present';
+        }
+        const size = this.d.disk.sizeOf(s.d);
+        if (size === undefined) return 'evicted';
+        try {
+          await this.upload(st, repo, s.d, size);
+        } catch (e) {
+          if (e instanceof Evicted) return 'evicted';
+          throw e;
+        }
+        return 'sent';
+      }
+      case 'manifest':
+        return this.pushManifest(st, s.r, s.n, s.d);
+      case 'tag': {
+        const m = await this.pushManifest(st, s.r, s.n, s.d);
+        if (m === 'evicted') return m;
+        const body = await this.d.disk.read(s.d);
+        if (!body) return 'evicted';
+        const mediaType = this.d.index.manifestMeta(s.d)?.mediaType ?? guessManifestMediaType(body);
+        await st.client.putManifest(repo, s.tag, body, mediaType, { 'Ocirelay-Resolved-At': new Date(s.at).toISOString() });
+        return 'sent';
+      }
+      case 'pin': {
+        if (!s.pinned) {
+          await st.client.ocirelayCall(repo, 'DELETE', 'pin', { ref: s.ref });
+          return 'sent';
+        }
+        const root = s.ds[0];
+        if (root !== undefined && (await this.pushManifest(st, s.r, s.n, root)) === 'evicted') return 'evicted';
+        await st.client.ocirelayCall(repo, 'PUT', 'pin', { ref: s.ref, digests: s.ds, createdAt: new Date(s.at).toISOString() });
+        return 'sent';
+      }
+      case 'freeze': {
+        if (s.d === null) {
+          await st.client.ocirelayCall(repo, 'DELETE', `freeze/${s.tag}`, { at: new Date(s.at).toISOString() });
+          return 'sent';
+        }
+        if ((await this.pushManifest(st, s.r, s.n, s.d)) === 'evicted') return 'evicted';
+        await st.client.ocirelayCall(repo, 'PUT', `freeze/${s.tag}`, { digest: s.d, at: new Date(s.at).toISOString() });
+        return 'sent';
+      }
+    }
+  }
+
+  /**
+   * A manifest and what it needs at the peer first: an image manifest's blobs (missing local
+   * ones are pulled through the normal path, joining a client's fill in flight), an index's
+   * children. An ocirelay peer takes an index as it is (children nobody pulled stay behind);
+   * a registry may refuse it until every child exists, so those are pulled first.
+   */
+  private async pushManifest(st: PeerState, registry: string, repository: string, digest: Digest, depth = 0): Promise<Outcome> {
+    const repo = st.client.repoPath(registry, repository);
+    if (st.confirmed.has(digest)) return 'present';
+    if (await st.client.hasManifest(repo, digest)) {
+      st.confirmed.add(digest);
+      return 'present';
+    }
+    const body = await this.d.disk.read(digest);
+    if (!body) return 'evicted';
+    const mediaType = this.d.index.manifestMeta(digest)?.mediaType ?? guessManifestMediaType(body);
+    let json: { manifests?: unknown; config?: unknown; layers?: unknown; blobs?: unknown };
+    try {
+      json = JSON.parse(body.toString('utf8')) as typeof json;
+    } catch {
+      throw new Error(`cached manifest ${digest} is not JSON`);
+    }
+    if (Array.isArray(json.manifests)) {
+      if (depth > 2) throw new Error(`index ${digest} nests too deep`);
+      for (const child of descriptorDigests(json.manifests)) {
+        if (!this.d.disk.has(child)) {
+          if (st.peer.kind !== 'registry') continue;
+          await this.d.pull(registry, repository, child);
+        }
+        const r = await this.pushManifest(st, registry, repository, child, depth + 1);
+        if (r === 'evicted') throw new Error(`child manifest ${child} of ${digest} is not in the local cache`);
+      }
+    } else {
+      const layers = Array.isArray(json.layers) ? json.layers : [];
+      const blobs = Array.isArray(json.blobs) ? json.blobs : [];
+      let pulled = false;
+      for (const blob of descriptorDigests([json.config, ...layers, ...blobs])) {
+        if (await st.client.hasBlob(repo, blob)) {
+          st.blobHome.set(blob, repo);
+          continue;
+        }
+        let size = this.d.disk.sizeOf(blob);
+        if (size === undefined && !pulled) {
+          pulled = true;
+          await this.d.pull(registry, repository, digest);
+          size = this.d.disk.sizeOf(blob);
+        }
+        if (size === undefined) throw new Error(`blob ${blob} of ${digest} is not in the local cache`);
+        await this.upload(st, repo, blob, size);
+      }
+    }
+    await st.client.putManifest(repo, digest, body, mediaType);
+    st.confirmed.add(digest);
+    return 'sent';
+  }
+
+  private async upload(st: PeerState, repo: string, digest: Digest, size: number): Promise<void> {
+    const open = async (start: number, end: number) => {
+      const f = await this.d.disk.openFile(digest, { start, end });
+      if (!f) throw new Evicted(digest);
+      return f.toReadable();
+    };
+    const home = st.blobHome.get(digest);
+    const how = await st.client.uploadBlob(repo, digest, size, open, home !== undefined && home !== repo ? home : undefined);
+    if (how === 'uploaded') this.m.bytes.inc({ peer: st.peer.name }, size);
+    st.blobHome.set(digest, repo);
+    // Bounded: a hint, not a record.
+    if (st.blobHome.size > 100_000) st.blobHome.delete(st.blobHome.keys().next().value!);
+  }
+
+  // ---- what it reports ---------------------------------------------------------------------
+
+  private updateGauges(): void {
+    const now = Date.now();
+    for (const st of this.peers) {
+      this.m.pending.set({ peer: st.peer.name }, st.outbox.pending);
+      const oldest = st.outbox.oldestAddedAt();
+      this.m.lag.set({ peer: st.peer.name }, oldest === undefined ? 0 : Math.max(0, (now - oldest) / 1000));
+    }
+  }
+
+  status(): ReplicationStatus {
+    const now = Date.now();
+    const images = this.d.images();
+    const totalBytes = images.reduce((a, i) => a + i.size, 0);
+    const peers: PeerStatus[] = this.peers.map((st) => {
+      const oldest = st.outbox.oldestAddedAt();
+      const there = images.filter((i) => st.confirmed.has(i.digest));
+      const thereBytes = there.reduce((a, i) => a + i.size, 0);
+      const images_ = images.length === 0 ? 1 : there.length / images.length;
+      const bytes = totalBytes === 0 ? 1 : thereBytes / totalBytes;
+      this.m.readiness.set({ peer: st.peer.name }, images_);
+      return {
+        name: st.peer.name,
+        kind: st.peer.kind,
+        url: st.peer.url,
+        pending: st.outbox.pending,
+        lagSeconds: oldest === undefined ? 0 : Math.round((now - oldest) / 100) / 10,
+        lastSuccess: st.lastSuccess === undefined ? null : new Date(st.lastSuccess).toISOString(),
+        lastError: st.lastError === undefined ? null : { at: new Date(st.lastError.at).toISOString(), message: st.lastError.message },
+        backingOff: st.backoffUntil > now,
+        readiness: { images: round3(images_), bytes: round3(bytes) },
+      };
+    });
+    return { region: this.d.config.region, peers };
+  }
+
+  /** Stop the workers (jobs in flight are aborted and stay queued), write what is pending. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    if (this.gauges) clearInterval(this.gauges);
+    for (const st of this.peers) await st.client.close();
+    await Promise.allSettled([...this.inflight]);
+    for (const st of this.peers) await st.outbox.flush();
+  }
+}
+
+const round3 = (x: number) => Math.round(x * 1000) / 1000;
+
+function descriptorDigests(list: unknown[]): Digest[] {
+  const out: Digest[] = [];
+  for (const d of list) {
+    if (typeof d !== 'object' || d === null) continue;
+    const digest = parseDigest(String((d as { digest?: unknown }).digest));
+    if (digest !== undefined && !out.includes(digest)) out.push(digest);
+  }
+  return out;
+}
