@@ -9,6 +9,7 @@ import type { BlobService } from '../pull-through/blob-service.ts';
 import type { ListingService } from '../pull-through/listing-service.ts';
 import type { ManifestService } from '../pull-through/manifest-service.ts';
 import type { RegistryRouter, V2Route } from '../registry-router.ts';
+import type { PushReceiver } from '../replication/receive-routes.ts';
 import type { AppEnv } from './request-context.ts';
 import { respond } from './respond.ts';
 
@@ -18,6 +19,8 @@ export interface V2Deps {
   manifests: ManifestService;
   listings: ListingService;
   metrics: Metrics;
+  /** Replication pushes (only with replication.accept): it answers what is its own first. */
+  receive?: PushReceiver | undefined;
 }
 
 const API_VERSION = { 'Docker-Distribution-API-Version': 'registry/2.0' };
@@ -51,6 +54,8 @@ export function v2Routes(d: V2Deps): Hono<AppEnv> {
       info.kind = 'base';
       return respond(c, 200, { ...API_VERSION, 'Content-Type': 'application/json', 'Content-Length': '2' }, Buffer.from('{}'));
     }
+    const received = await d.receive?.handle(c, rest);
+    if (received) return received;
     if (method !== 'GET' && method !== 'HEAD') {
       // Uploads, deletes, anything that writes: refused whatever the path.
       throw new RegistryError('UNSUPPORTED', `${method} is not supported: this is a read-only pull-through mirror`, { headers: { Allow: 'GET, HEAD' } });

@@ -302,6 +302,18 @@ export class CacheIndex {
     this.appendQuietly({ t: 'tag', r: registry, n: name, tag, d: rec.digest, mt: rec.mediaType, at: rec.checkedAt });
   }
 
+  /**
+   * A tag resolution received from a replication peer: applied only when it is newer than the
+   * recorded one (an older resolution never overwrites a newer one; on equal times the larger
+   * digest wins, so every region ends with the same). Returns whether it was applied.
+   */
+  setTagIfNewer(registry: string, name: string, tag: string, rec: TagRecord, now = Date.now()): boolean {
+    const prev = this.tag(registry, name, tag);
+    if (prev && (prev.checkedAt > rec.checkedAt || (prev.checkedAt === rec.checkedAt && prev.digest >= rec.digest))) return false;
+    this.setTag(registry, name, tag, rec, now);
+    return true;
+  }
+
   untag(registry: string, name: string, tag: string): Promise<void> {
     this.persistedCheck.delete(`${repoKey(registry, name)}\0${tag}`);
     return this.append({ t: 'untag', r: registry, n: name, tag });
