@@ -4,6 +4,9 @@
 // answered 200; recorded as a link). A manifest listing the digest is no such proof: anyone
 // can push a manifest naming someone else's private layer. So content fetched with
 // credentials never leaks across repositories or registries, even though the cache is shared.
+// A failover peer's answer counts the same way: it answered for that registry/repository under
+// its own authorization rule. Where the bytes come from is the SourceChain's business (upstream,
+// failover peers); every source's body goes through the same BlobFill.
 import { Readable } from 'node:stream';
 import type { Digest } from '../oci/digest.ts';
 import { RegistryError } from '../errors.ts';
@@ -11,16 +14,17 @@ import type { Logger } from '../logger.ts';
 import type { CacheResult, Metrics } from '../metrics.ts';
 import { parseRange, isRangeSyntaxValid, type ByteRange } from '../oci/range.ts';
 import type { CacheIndex } from '../storage/cache-index.ts';
-import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
+import type { BlobStore } from '../storage/blob-store.ts';
 import type { MemoryCache } from '../storage/memory-cache.ts';
-import type { RegistryClient, UpstreamResponse } from '../upstream/registry-client.ts';
+import type { RegistryClient } from '../upstream/registry-client.ts';
 import type { DiskHealth } from '../storage/disk-health.ts';
 import type { BodySource } from '../storage/body-source.ts';
 import type { Evictor } from '../storage/evictor.ts';
 import { FillError, NoRoomError, type BlobFill, type FillSource } from './blob-fill.ts';
 import type { BlobFills } from './blob-fills.ts';
 import { verifiedStream } from './verified-stream.ts';
-import { errorFromTransport, errorFromUpstream } from './upstream-errors.ts';
+import { SourceChain } from '../sources/source-chain.ts';
+import type { BlobHead, ContentSource } from '../sources/content-source.ts';
 import type { NegativeCache } from './negative-cache.ts';
 import type { CacheEvents } from '../cache-events.ts';
 
@@ -50,11 +54,14 @@ export interface BlobResponse {
 }
 
 export interface BlobServiceDeps {
-  disk: DiskBlobStore;
+  disk: BlobStore;
   memory: MemoryCache;
   index: CacheIndex;
   fills: BlobFills;
-  upstreams: ReadonlyMap<string, RegistryClient>;
+  /** Where misses are read from (upstream, failover peers). */
+  sources?: SourceChain;
+  /** Without `sources`: the upstreams alone. */
+  upstreams?: ReadonlyMap<string, RegistryClient>;
   evictor: Evictor;
   health: DiskHealth;
   metrics: Metrics;
@@ -66,11 +73,6 @@ export interface BlobServiceDeps {
 }
 
 const OCTET = 'application/octet-stream';
-
-function contentLength(res: UpstreamResponse): number | undefined {
-  const cl = res.headers['content-length'];
-  return cl !== undefined && /^\d+$/.test(cl) ? Number(cl) : undefined;
-}
 
 function rangeFor(header: string | undefined, size: number): ByteRange | undefined {
   const r = parseRange(header, size);
@@ -106,12 +108,10 @@ function headersFor(digest: Digest, size: number, range: ByteRange | undefined):
 }
 
 export class BlobService {
-  constructor(private readonly d: BlobServiceDeps) {}
+  private readonly sources: SourceChain;
 
-  private upstream(registry: string): RegistryClient {
-    const u = this.d.upstreams.get(registry);
-    if (!u) throw new RegistryError('NAME_UNKNOWN', `registry ${registry} is not configured`);
-    return u;
+  constructor(private readonly d: BlobServiceDeps) {
+    this.sources = d.sources ?? SourceChain.ofClients(d.upstreams ?? new Map(), d.metrics, d.logger);
   }
 
   /** Resolves once no fill of `digest` is in flight (it committed or failed). */
@@ -154,9 +154,15 @@ export class BlobService {
       await this.authorize(req);
     }
     if (!fill) {
+      // The source that delivered this fill's body: its `via` goes with the commit.
+      let from: ContentSource | undefined;
       const started = fills.joinOrStart(req.digest, origin, disk.tempPathFor(req.digest), {
         smallCopyMax: memory.maxObjectBytes,
-        openUpstream: (signal) => this.openUpstream(req, signal),
+        openUpstream: async (signal) => {
+          const got = await this.open(req, signal);
+          from = got.from;
+          return got.value;
+        },
         onDiskError: (e) => this.d.health.failed(e, 'filling a blob'),
         // Room for what every fill in flight, this one included (its size is known by now), has yet to write.
         reserve: () => this.d.health.ensureRoom(fills.inFlightRemaining()),
@@ -165,7 +171,7 @@ export class BlobService {
           if (!admitted) throw new NoRoomError();
           index.link(req.registry, req.repository, req.digest);
           if (small) memory.set(req.digest, small);
-          await this.announce(req, sz);
+          await this.announce(req, sz, from);
           this.d.metrics.cacheBytes.set({ tier: 'disk' }, disk.bytes);
           this.d.metrics.cacheEntries.set({ tier: 'disk' }, disk.count);
           // After this fill has left the in-flight set, so its bytes are not counted twice.
@@ -181,9 +187,9 @@ export class BlobService {
   }
 
   /** Tell the listeners (replication) of a committed blob; their failure is logged, the blob stays committed. */
-  private async announce(req: BlobRequest, size: number): Promise<void> {
+  private async announce(req: BlobRequest, size: number, from: ContentSource | undefined): Promise<void> {
     try {
-      await this.d.events?.contentCommitted({ kind: 'blob', registry: req.registry, repository: req.repository, digest: req.digest, size, via: 'upstream' });
+      await this.d.events?.contentCommitted({ kind: 'blob', registry: req.registry, repository: req.repository, digest: req.digest, size, via: from?.via ?? 'upstream' });
     } catch (err) {
       this.d.logger.error({ err, digest: req.digest }, 'a cache listener failed on a committed blob');
     }
@@ -218,28 +224,22 @@ export class BlobService {
     return { status, headers, file: fill.createSender(range), source: 'fill', cache: joined ? 'coalesced' : 'miss' };
   }
 
-  private async openUpstream(req: BlobRequest, signal: AbortSignal): Promise<FillSource> {
-    const up = this.upstream(req.registry);
-    let res;
+  /** Opens the blob from the first source of the chain that has it; a 404 from the upstream is remembered. */
+  private async open(req: BlobRequest, signal: AbortSignal): Promise<{ value: FillSource; from: ContentSource }> {
+    const ref = { registry: req.registry, repository: req.repository, digest: req.digest };
     try {
-      res = await up.request({ method: 'GET', path: `/v2/${req.repository}/blobs/${req.digest}`, repository: req.repository, signal });
+      const got = await this.sources.openBlob(ref, signal, req.expectedSize);
+      this.d.negative?.forget(req.registry, req.repository, 'blob', req.digest);
+      return got;
     } catch (e) {
-      throw errorFromTransport(e, req.registry);
+      throw this.notFound(req, e);
     }
-    if (res.status !== 200) throw this.notFound(req, await errorFromUpstream(res, req.registry, 'BLOB_UNKNOWN'));
-    this.d.negative?.forget(req.registry, req.repository, 'blob', req.digest);
-    const cl = contentLength(res);
-    const expected = req.expectedSize;
-    if (expected !== undefined && Number.isSafeInteger(expected) && expected >= 0) {
-      return { body: res.body, size: expected, sizeFrom: 'descriptor', ...(cl !== undefined ? { contentLength: cl } : {}) };
-    }
-    return { body: res.body, size: cl, sizeFrom: 'content-length' };
   }
 
   /** The disk cache is unwritable: one upstream GET per client, verified on the way, nothing stored. */
   private async streamThrough(req: BlobRequest): Promise<BlobResponse> {
     const ac = new AbortController();
-    const { body, size, sizeFrom, contentLength: cl } = await this.openUpstream(req, ac.signal);
+    const { body, size, sizeFrom, contentLength: cl } = (await this.open(req, ac.signal)).value;
     if (sizeFrom === 'descriptor' && cl !== undefined && cl !== size) {
       body.destroy();
       this.d.metrics.fillResults.inc({ result: 'size_mismatch' });
@@ -261,36 +261,32 @@ export class BlobService {
 
   /** Make sure the repository may see this digest: a known link, or the upstream says so. */
   private async authorize(req: BlobRequest): Promise<void> {
-    if (!this.d.index.isLinked(req.registry, req.repository, req.digest)) await this.confirmUpstream(req);
+    if (!this.d.index.isLinked(req.registry, req.repository, req.digest)) await this.confirm(req);
   }
 
-  /** HEAD the blob upstream for this repository (with our credentials); link it when it is there. */
-  private async confirmUpstream(req: BlobRequest): Promise<UpstreamResponse> {
-    const up = this.upstream(req.registry);
+  /** HEAD the blob at the sources under this repository (with our credentials); link it when it is there. */
+  private async confirm(req: BlobRequest): Promise<BlobHead> {
     this.d.negative?.check(req.registry, req.repository, 'blob', req.digest);
-    let res;
+    let head: BlobHead;
     try {
-      res = await up.request({ method: 'HEAD', path: `/v2/${req.repository}/blobs/${req.digest}`, repository: req.repository });
+      head = (await this.sources.headBlob({ registry: req.registry, repository: req.repository, digest: req.digest })).value;
     } catch (e) {
-      throw errorFromTransport(e, req.registry);
+      throw this.notFound(req, e);
     }
-    if (res.status !== 200) throw this.notFound(req, await errorFromUpstream(res, req.registry, 'BLOB_UNKNOWN'));
-    res.body.destroy();
     this.d.negative?.forget(req.registry, req.repository, 'blob', req.digest);
     this.d.index.link(req.registry, req.repository, req.digest);
-    return res;
+    return head;
   }
 
   /** Remembers an upstream 404 for this blob (or NAME_UNKNOWN for its repository); returns the error. */
-  private notFound(req: BlobRequest, e: RegistryError): RegistryError {
+  private notFound(req: BlobRequest, e: unknown): unknown {
     this.d.negative?.remember(req.registry, req.repository, 'blob', req.digest, e);
     return e;
   }
 
   /** HEAD of a blob we do not hold: ask the upstream, fill nothing. */
   private async headUpstream(req: BlobRequest): Promise<BlobResponse> {
-    const res = await this.confirmUpstream(req);
-    const size = contentLength(res);
+    const { size } = await this.confirm(req);
     const headers: Record<string, string> = { 'Content-Type': OCTET, 'Docker-Content-Digest': req.digest, ETag: `"${req.digest}"`, 'Accept-Ranges': 'bytes' };
     if (size !== undefined) headers['Content-Length'] = String(size);
     return { status: 200, headers, source: 'upstream', cache: 'miss' };

@@ -2,18 +2,24 @@
 // the registry's tagTTL, then revalidated with a HEAD upstream (HEAD does not count against
 // Docker Hub's pull limit) and re-fetched with a GET only when the digest changed; served
 // stale when the upstream cannot answer. Every manifest's sha256 is checked before caching.
+// Misses are read through the SourceChain (upstream, failover peers): a tag a failover peer
+// answered is served as stale and recorded with the resolution time the peer gave (if any), so
+// the next request asks the upstream again.
 import { RegistryError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
 import type { CacheResult, Metrics } from '../metrics.ts';
-import { MAX_MANIFEST_BYTES, MT, accepts, guessManifestMediaType, parseManifest, upstreamAccept } from '../oci/media-types.ts';
+import { MT, accepts, guessManifestMediaType, parseManifest } from '../oci/media-types.ts';
 import { digestOf, isDigest, parseDigest, type Digest } from '../oci/digest.ts';
 import type { CacheIndex, ManifestMeta } from '../storage/cache-index.ts';
-import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
+import type { BlobStore } from '../storage/blob-store.ts';
 import type { DiskHealth } from '../storage/disk-health.ts';
 import type { Evictor } from '../storage/evictor.ts';
 import type { MemoryCache } from '../storage/memory-cache.ts';
-import type { RegistryClient, UpstreamResponse } from '../upstream/registry-client.ts';
-import { errorFromTransport, errorFromUpstream, isOutage } from './upstream-errors.ts';
+import type { RegistryClient } from '../upstream/registry-client.ts';
+import { isOutage } from './upstream-errors.ts';
+import { SourceChain } from '../sources/source-chain.ts';
+import type { ContentSource, ManifestHead, RawManifest } from '../sources/content-source.ts';
+import type { ContentVia } from '../cache-events.ts';
 import type { NegativeCache } from './negative-cache.ts';
 import type { CacheEvents } from '../cache-events.ts';
 
@@ -33,10 +39,13 @@ export interface ManifestResponse {
 }
 
 export interface ManifestServiceDeps {
-  disk: DiskBlobStore;
+  disk: BlobStore;
   memory: MemoryCache;
   index: CacheIndex;
-  upstreams: ReadonlyMap<string, RegistryClient>;
+  /** Where misses are read from (upstream, failover peers). */
+  sources?: SourceChain;
+  /** Without `sources`: the upstreams alone. */
+  upstreams?: ReadonlyMap<string, RegistryClient>;
   evictor: Evictor;
   health: DiskHealth;
   tagTtlMs: (registry: string) => number;
@@ -53,8 +62,17 @@ interface Fetched {
   digest: Digest;
   mediaType: string;
   body: Buffer;
+  /** Which kind of source answered ('failover': a peer). */
+  via: ContentVia;
 }
 
+/** A manifest a source sent, verified and parsed. */
+interface Checked {
+  raw: RawManifest;
+  digest: Digest;
+  mediaType: string;
+  childRefs: Digest[];
+}
 
 const MANIFEST_TYPES: ReadonlySet<string> = new Set(Object.values(MT));
 
@@ -63,7 +81,7 @@ const MANIFEST_TYPES: ReadonlySet<string> = new Set(Object.values(MT));
  * upstream's Content-Type when that names a manifest type, else its shape. Never an arbitrary
  * upstream type (e.g. text/html), which would reach every client of the cache.
  */
-function mediaTypeOf(res: UpstreamResponse, body: Buffer): string {
+function mediaTypeOf(contentType: string | undefined, body: Buffer): string {
   let declared: string | undefined;
   try {
     declared = parseManifest(body).mediaType;
@@ -71,24 +89,10 @@ function mediaTypeOf(res: UpstreamResponse, body: Buffer): string {
     declared = undefined; // not a JSON object: judged by the rules below
   }
   if (declared !== undefined && MANIFEST_TYPES.has(declared)) return declared;
-  const ct = res.headers['content-type']?.split(';')[0]?.trim().toLowerCase();
+  const ct = contentType?.split(';')[0]?.trim().toLowerCase();
   if (ct && MANIFEST_TYPES.has(ct)) return ct;
   const guessed = guessManifestMediaType(body);
   return MANIFEST_TYPES.has(guessed) ? guessed : MT.ociManifest;
-}
-
-async function readCapped(res: UpstreamResponse, cap: number): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let n = 0;
-  for await (const c of res.body as AsyncIterable<Buffer>) {
-    n += c.length;
-    if (n > cap) {
-      res.body.destroy();
-      throw new RegistryError('MANIFEST_INVALID', `manifest exceeds ${cap} bytes`, { status: 502 });
-    }
-    chunks.push(c);
-  }
-  return Buffer.concat(chunks);
 }
 
 export class ManifestService {
@@ -97,15 +101,11 @@ export class ManifestService {
   private readonly storing = new Map<string, ManifestMeta>();
   private readonly writes = new Set<Promise<void>>();
   private readonly now: () => number;
+  private readonly sources: SourceChain;
 
   constructor(private readonly d: ManifestServiceDeps) {
     this.now = d.now ?? Date.now;
-  }
-
-  private upstream(registry: string): RegistryClient {
-    const u = this.d.upstreams.get(registry);
-    if (!u) throw new RegistryError('NAME_UNKNOWN', `registry ${registry} is not configured`);
-    return u;
+    this.sources = d.sources ?? SourceChain.ofClients(d.upstreams ?? new Map(), d.metrics, d.logger);
   }
 
   /** The cached bytes of a manifest, if held and readable. */
@@ -138,8 +138,7 @@ export class ManifestService {
       // Cached through another repository (or registry): served here only once the upstream
       // says this repository may read it. A HEAD, so the bytes are not fetched again; any
       // refusal, absence or outage is answered as such, never with the cached bytes.
-      const head = await this.headUpstream(req);
-      if (head.status !== 200) throw await head.error();
+      await this.confirm(req);
       index.link(req.registry, req.repository, digest);
       linked = true;
     }
@@ -151,8 +150,7 @@ export class ManifestService {
       if (body) {
         // Cached, but in a media type this client did not ask for: ask again with its Accept.
         try {
-          const f = await this.fetch(req);
-          return { ...f, cache: 'miss' };
+          return this.answer(req, await this.fetch(req));
         } catch (e) {
           if (!isOutage(e, e instanceof RegistryError ? e.status : undefined)) throw e;
           this.stale(req, 'unavailable');
@@ -160,8 +158,17 @@ export class ManifestService {
         }
       }
     }
-    const f = await this.fetch(req);
-    return { ...f, cache: 'miss' };
+    return this.answer(req, await this.fetch(req));
+  }
+
+  /** A fetched manifest as served: a tag a failover peer answered is stale (the upstream did not confirm it). */
+  private answer(req: ManifestRequest, f: Fetched): ManifestResponse {
+    const { via, ...m } = f;
+    if (via === 'failover' && !isDigest(req.reference)) {
+      this.stale(req, 'failover');
+      return { ...m, cache: 'stale' };
+    }
+    return { ...m, cache: 'miss' };
   }
 
   private async byTag(req: ManifestRequest): Promise<ManifestResponse> {
@@ -171,10 +178,7 @@ export class ManifestService {
     if (frozen) return this.byDigest({ ...req, reference: frozen.digest }, frozen.digest);
     const rec = index.tag(req.registry, req.repository, req.reference);
     const body = rec ? await this.cached(rec.digest) : undefined;
-    if (!rec || !body) {
-      const f = await this.fetch(req);
-      return { ...f, cache: 'miss' };
-    }
+    if (!rec || !body) return this.answer(req, await this.fetch(req));
     const acceptable = accepts(req.accept, rec.mediaType);
     const fresh = this.now() - rec.checkedAt < this.d.tagTtlMs(req.registry);
     if (fresh && acceptable) return { digest: rec.digest, mediaType: rec.mediaType, body, cache: 'hit' };
@@ -193,8 +197,7 @@ export class ManifestService {
         }
         if (head.status !== 200) throw await head.error();
       }
-      const f = await this.fetch(req);
-      return { ...f, cache: 'miss' };
+      return this.answer(req, await this.fetch(req));
     } catch (e) {
       const status = e instanceof RegistryError ? e.status : undefined;
       if (e instanceof RegistryError ? status !== undefined && (status >= 500 || status === 429) : isOutage(e)) {
@@ -225,25 +228,23 @@ export class ManifestService {
     return e;
   }
 
-  private async headUpstream(req: ManifestRequest): Promise<{ status: number; digest: string | undefined; error: () => Promise<RegistryError> }> {
-    const up = this.upstream(req.registry);
+  /** The upstream's HEAD for a tag's revalidation (only the upstream can confirm a tag). */
+  private async headUpstream(req: ManifestRequest): Promise<ManifestHead> {
     this.d.negative?.check(req.registry, req.repository, 'manifest', req.reference);
-    let res: UpstreamResponse;
+    const head = await this.sources.upstream(req.registry).headManifest(req, req.accept);
+    if (head.status === 200) this.d.negative?.forget(req.registry, req.repository, 'manifest', req.reference);
+    return { ...head, error: async () => this.notFound(req, await head.error()) };
+  }
+
+  /** This repository may read the manifest: a source answers a HEAD under it with 200. */
+  private async confirm(req: ManifestRequest): Promise<void> {
+    this.d.negative?.check(req.registry, req.repository, 'manifest', req.reference);
     try {
-      res = await up.request({
-        method: 'HEAD',
-        path: `/v2/${req.repository}/manifests/${req.reference}`,
-        repository: req.repository,
-        headers: { accept: upstreamAccept(req.accept) },
-        contentSpecific500: isDigest(req.reference),
-      });
+      await this.sources.confirmManifest(req, req.accept);
     } catch (e) {
-      throw errorFromTransport(e, req.registry);
+      throw e instanceof RegistryError ? this.notFound(req, e) : e;
     }
-    res.body.destroy();
-    const digest = res.headers['docker-content-digest'];
-    if (res.status === 200) this.d.negative?.forget(req.registry, req.repository, 'manifest', req.reference);
-    return { status: res.status, digest, error: async () => this.notFound(req, await errorFromUpstream(res, req.registry, 'MANIFEST_UNKNOWN')) };
+    this.d.negative?.forget(req.registry, req.repository, 'manifest', req.reference);
   }
 
   /** GET from upstream, verify, store; concurrent identical requests share one fetch. */
@@ -257,39 +258,19 @@ export class ManifestService {
     return p;
   }
 
-  private async fetchOnce(req: ManifestRequest): Promise<Fetched> {
-    const up = this.upstream(req.registry);
-    this.d.negative?.check(req.registry, req.repository, 'manifest', req.reference);
-    let res: UpstreamResponse;
-    try {
-      res = await up.request({
-        method: 'GET',
-        path: `/v2/${req.repository}/manifests/${req.reference}`,
-        repository: req.repository,
-        headers: { accept: upstreamAccept(req.accept) },
-        contentSpecific500: isDigest(req.reference),
-      });
-    } catch (e) {
-      throw errorFromTransport(e, req.registry);
-    }
-    if (res.status !== 200) throw this.notFound(req, await errorFromUpstream(res, req.registry, 'MANIFEST_UNKNOWN'));
-    this.d.negative?.forget(req.registry, req.repository, 'manifest', req.reference);
-    const cl = Number(res.headers['content-length']);
-    if (Number.isFinite(cl) && cl > MAX_MANIFEST_BYTES) {
-      res.body.destroy();
-      throw new RegistryError('MANIFEST_INVALID', `manifest of ${cl} bytes exceeds the ${MAX_MANIFEST_BYTES}-byte limit`, { status: 502 });
-    }
-    const body = await readCapped(res, MAX_MANIFEST_BYTES);
+  /** What a source sent must hash to the digest asked for (or the one it claims) and parse. */
+  private check(req: ManifestRequest, raw: RawManifest, from: ContentSource): Checked {
+    const { body } = raw;
     const digest = digestOf(body);
-    const claimed = res.headers['docker-content-digest'];
-    const mediaType = mediaTypeOf(res, body);
+    const mediaType = mediaTypeOf(raw.contentType, body);
     // A signed schema1 manifest's Docker-Content-Digest covers its payload without the
     // signatures, never the body: only a digest the client asked for is checked against it.
     const claimedApplies = mediaType !== MT.dockerSchema1Signed;
+    const claimed = raw.claimedDigest;
     const expected = parseDigest(req.reference) ?? (claimed !== undefined && claimedApplies ? parseDigest(claimed) : undefined);
     if (expected && expected !== digest) {
       this.d.metrics.digestMismatches.inc({ kind: 'manifest' });
-      this.d.logger.warn({ registry: req.registry, repository: req.repository, reference: req.reference, expected, actual: digest }, 'manifest digest mismatch; not cached');
+      this.d.logger.warn({ registry: req.registry, repository: req.repository, reference: req.reference, source: from.name, expected, actual: digest }, 'manifest digest mismatch; not cached');
       throw new RegistryError('DIGEST_INVALID', `upstream manifest does not match digest ${expected}`, { status: 502 });
     }
     let refs;
@@ -298,9 +279,23 @@ export class ManifestService {
     } catch {
       throw new RegistryError('MANIFEST_INVALID', 'upstream manifest is not valid JSON', { status: 502 });
     }
+    return { raw, digest, mediaType, childRefs: [...refs.blobs, ...refs.manifests].filter(isDigest) };
+  }
+
+  private async fetchOnce(req: ManifestRequest): Promise<Fetched> {
+    this.d.negative?.check(req.registry, req.repository, 'manifest', req.reference);
+    let got;
+    try {
+      got = await this.sources.getManifest(req, req.accept, (raw, from) => this.check(req, raw, from));
+    } catch (e) {
+      throw e instanceof RegistryError ? this.notFound(req, e) : e;
+    }
+    this.d.negative?.forget(req.registry, req.repository, 'manifest', req.reference);
+    const { raw, digest, mediaType, childRefs } = got.value;
+    const { body } = raw;
+    const via = got.from.via;
     this.d.memory.set(digest, body);
     const { index } = this.d;
-    const childRefs = [...refs.blobs, ...refs.manifests].filter(isDigest);
     let stored: Promise<void> | undefined;
     if (this.d.health.writable && !this.storing.has(digest)) {
       // Written to disk after the answer: the memory copy serves meanwhile, and only content
@@ -313,7 +308,7 @@ export class ManifestService {
             index.recordManifest(digest, mediaType, body.length, childRefs);
             void this.d.evictor.check();
             await this.announce(() =>
-              this.d.events?.contentCommitted({ kind: 'manifest', registry: req.registry, repository: req.repository, digest, size: body.length, mediaType, via: 'upstream' }),
+              this.d.events?.contentCommitted({ kind: 'manifest', registry: req.registry, repository: req.repository, digest, size: body.length, mediaType, via }),
             );
           },
           (e: unknown) => this.d.health.failed(e, 'storing a manifest'),
@@ -331,7 +326,9 @@ export class ManifestService {
     index.link(req.registry, req.repository, digest);
     if (!isDigest(req.reference)) {
       const prev = index.tag(req.registry, req.repository, req.reference);
-      const resolvedAt = this.now();
+      // A peer's answer is not the upstream's confirmation: recorded with the time the peer
+      // resolved the tag (0 when it does not say), so it is revalidated once the upstream is back.
+      const resolvedAt = via === 'failover' ? (raw.resolvedAt ?? 0) : this.now();
       index.setTag(req.registry, req.repository, req.reference, { digest, mediaType, checkedAt: resolvedAt });
       if (prev && prev.digest !== digest) {
         this.d.logger.info({ registry: req.registry, repository: req.repository, tag: req.reference, from: prev.digest, to: digest }, 'tag moved');
@@ -340,10 +337,10 @@ export class ManifestService {
         // After the manifest's own write (a receiver needs the manifest before the tag).
         const tag = req.reference;
         void Promise.resolve(stored).then(() =>
-          this.announce(() => this.d.events?.tagResolved({ registry: req.registry, repository: req.repository, tag, digest, mediaType, resolvedAt, via: 'upstream' })),
+          this.announce(() => this.d.events?.tagResolved({ registry: req.registry, repository: req.repository, tag, digest, mediaType, resolvedAt: resolvedAt || this.now(), via })),
         );
       }
     }
-    return { digest, mediaType, body };
+    return { digest, mediaType, body, via };
   }
 }
