@@ -19,6 +19,9 @@ import { createAdminApp } from './admin/admin-app.ts';
 import { ImagePuller } from './admin/image-puller.ts';
 import { PrefetchJobs } from './admin/prefetch-jobs.ts';
 import { RegistryRouter } from './registry-router.ts';
+import { ReplicationAdmin } from './replication/replication-admin.ts';
+import { Replicator } from './replication/replicator.ts';
+import { createPushReceiver } from './replication/receive-routes.ts';
 import { CacheIndex } from './storage/cache-index.ts';
 import { DiskBlobStore } from './storage/disk-blob-store.ts';
 import { DiskHealth } from './storage/disk-health.ts';
@@ -120,15 +123,41 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
     return { ready: problems.length === 0, problems: [...problems, ...degraded], degraded: degraded.length > 0 };
   };
   metrics.cacheBytes.set({ tier: 'memory' }, 0);
-  const app = createApp({ router, blobs, manifests, listings, metrics, logger, readiness });
+  // Pushes from replication peers (only with replication.accept; otherwise writes stay 405).
+  const receive = createPushReceiver({
+    accept: config.replication.accept,
+    registries: config.registries,
+    tmpDir: layout.tmpDir,
+    maxBlobBytes: config.cache.maxBlobBytes,
+    store: { disk, memory, index, evictor, health, events, metrics, logger },
+  });
+  const app = createApp({ router, blobs, manifests, listings, metrics, logger, readiness, receive });
   // Bounded per client (config `server:`): headers, idle keep-alive, header size, connections, send stalls.
   const pull = createListener('pull', app.fetch, config.server, logger);
   const server = pull.server;
 
   const puller = new ImagePuller(manifests, blobs, disk, index);
-  const cacheAdmin = new CacheAdmin({ index, disk, memory, evictor, health, puller, metrics, maxBytes: config.cache.maxBytes, memoryBytes: config.cache.memoryBytes });
+  const cacheAdmin = new CacheAdmin({ index, disk, memory, evictor, health, puller, metrics, maxBytes: config.cache.maxBytes, memoryBytes: config.cache.memoryBytes, events });
+  // Replication to peers: one outbox job per replicating peer for each cache event (replayed
+  // from <dataDir>/replication/ after a crash), sent by its workers.
+  const replicator = [...config.peers.values()].some((p) => p.replicate)
+    ? new Replicator({
+        config,
+        disk,
+        index,
+        pull: (registry, repository, reference) => puller.pull(registry, repository, reference, undefined),
+        images: () => cacheAdmin.listImages({}),
+        metrics,
+        logger,
+      })
+    : undefined;
+  if (replicator) {
+    await replicator.start();
+    events.listen(replicator);
+  }
+  const replicationAdmin = new ReplicationAdmin(replicator, config.region, (f) => cacheAdmin.listImages(f), index);
   const jobs = new PrefetchJobs(puller, logger);
-  const adminApp = createAdminApp({ admin: cacheAdmin, jobs, router, logger, bodyLimit: config.server.adminBodyLimit, ...(config.admin.token !== undefined ? { token: config.admin.token } : {}) });
+  const adminApp = createAdminApp({ admin: cacheAdmin, jobs, router, logger, replication: replicationAdmin, bodyLimit: config.server.adminBodyLimit, ...(config.admin.token !== undefined ? { token: config.admin.token } : {}) });
   const adminListener = createListener('admin', adminApp.fetch, config.server, logger);
   const adminServer = adminListener.server;
 
@@ -178,8 +207,11 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
       const grace = setTimeout(() => server.closeAllConnections(), config.shutdownGraceMs);
       await fills.drain(config.shutdownGraceMs);
       await serverClosed;
+      // After the listener: uploads still arriving were let finish; abandoned ones lose their temp files.
+      await receive?.close();
       clearTimeout(grace);
       await manifests.flush();
+      await replicator?.close();
       await index.close();
       await disk.flushRecency();
       for (const u of upstreams.values()) await u.close();

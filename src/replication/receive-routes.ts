@@ -15,6 +15,7 @@ import { parseDigest, type Digest } from '../oci/digest.ts';
 import { MAX_MANIFEST_BYTES } from '../oci/media-types.ts';
 import type { CacheIndex } from '../storage/cache-index.ts';
 import { ReceiveAuth } from './receive-auth.ts';
+import { ReceiveMetrics } from './receive-metrics.ts';
 import { parsePushPath, parseTime, splitName, type PushTarget } from './receive-paths.ts';
 import { ReceiveStore, type ReceiveStoreDeps, type Repo, type StoreResult } from './receive-store.ts';
 import { UploadSessions, rangeHeaders, type UploadSession } from './upload-sessions.ts';
@@ -362,9 +363,9 @@ export function createPushReceiver(o: {
   tmpDir: string;
   maxBlobBytes: number;
   store: ReceiveStoreDeps;
-  onReceived?: PushReceiverDeps['onReceived'];
 }): PushReceiver | undefined {
   if (o.accept.length === 0) return undefined;
+  const counter = ReceiveMetrics.of(o.store.metrics).received;
   const sessions = new UploadSessions({
     tmpDir: o.tmpDir,
     maxSessions: MAX_UPLOAD_SESSIONS,
@@ -379,6 +380,6 @@ export function createPushReceiver(o: {
     store: new ReceiveStore(o.store),
     index: o.store.index,
     logger: o.store.logger,
-    ...(o.onReceived ? { onReceived: o.onReceived } : {}),
+    onReceived: (peer, kind, result) => counter.inc({ peer, kind, result }),
   });
 }
