@@ -66,6 +66,8 @@ export class Outbox {
   /** Pending jobs by id; Map order is the order they are tried in. */
   private readonly jobs = new Map<number, Job>();
   private readonly byKey = new Map<string, Job>();
+  /** Keys of running jobs: a second job of the same key waits for the first. */
+  private readonly runningKeys = new Set<string>();
   private nextId = 1;
   /** Done lines written since the file was last rewritten. */
   private doneLines = 0;
@@ -149,28 +151,29 @@ export class Outbox {
     return 'added';
   }
 
-  /** The first job ready to run that no running job shares a key with; marks it running. */
+  /**
+   * The first job ready to run that no running job shares a key with; marks it running. Jobs
+   * waiting for a retry are moved to the back (retryAt), so the scan usually stops early.
+   */
   take(now = Date.now()): Job | undefined {
-    const busy = new Set<string>();
-    for (const j of this.jobs.values()) if (j.running) busy.add(j.key);
     for (const j of this.jobs.values()) {
-      if (j.running || j.notBefore > now || busy.has(j.key)) continue;
-      j.running = true;
+      if (j.running || j.notBefore > now || this.runningKeys.has(j.key)) continue;
+      this.setRunning(j, true);
       return j;
     }
     return undefined;
   }
 
-  /** Earliest notBefore of a job waiting after a failure (for the worker's timer). */
-  nextRetryAt(): number | undefined {
-    let min: number | undefined;
-    for (const j of this.jobs.values()) if (!j.running && (min === undefined || j.notBefore < min)) min = j.notBefore;
-    return min;
+  private setRunning(j: Job, running: boolean): void {
+    if (j.running === running) return;
+    j.running = running;
+    if (running) this.runningKeys.add(j.key);
+    else this.runningKeys.delete(j.key);
   }
 
   /** The job is finished (sent, or dropped for good): marked done in the file. */
   async done(job: Job): Promise<void> {
-    job.running = false;
+    this.setRunning(job, false);
     if (this.jobs.get(job.id) !== job) return;
     this.forget(job);
     this.doneLines++;
@@ -180,7 +183,7 @@ export class Outbox {
 
   /** Try again at `at`; it goes to the back of the queue so others are not held up. */
   retryAt(job: Job, at: number): void {
-    job.running = false;
+    this.setRunning(job, false);
     job.attempts++;
     job.notBefore = at;
     if (this.jobs.get(job.id) !== job) return;
@@ -190,7 +193,7 @@ export class Outbox {
 
   /** Give a running job back untried (the peer is backing off as a whole). */
   release(job: Job): void {
-    job.running = false;
+    this.setRunning(job, false);
   }
 
   compact(): Promise<void> {

@@ -9,15 +9,29 @@ export class ReplicationMetrics {
   readonly bytes: Counter<'peer'>;
   readonly failures: Counter<'peer' | 'reason'>;
   readonly readiness: Gauge<'peer'>;
+  /** Set by the Replicator: each peer's pending jobs and lag, read at every scrape (never stale). */
+  outboxes: () => Array<{ peer: string; pending: number; lagSeconds: number }> = () => [];
 
   private constructor(m: Metrics) {
     const registers = [m.registry];
-    this.pending = new Gauge({ name: 'ocirelay_replication_pending_jobs', help: "Jobs in a peer's replication outbox", labelNames: ['peer'], registers });
+    const self = this;
+    this.pending = new Gauge({
+      name: 'ocirelay_replication_pending_jobs',
+      help: "Jobs in a peer's replication outbox",
+      labelNames: ['peer'],
+      registers,
+      collect() {
+        for (const o of self.outboxes()) this.set({ peer: o.peer }, o.pending);
+      },
+    });
     this.lag = new Gauge({
       name: 'ocirelay_replication_lag_seconds',
       help: "Age of the oldest job in a peer's replication outbox (0 when it is empty)",
       labelNames: ['peer'],
       registers,
+      collect() {
+        for (const o of self.outboxes()) this.set({ peer: o.peer }, o.lagSeconds);
+      },
     });
     this.bytes = new Counter({ name: 'ocirelay_replication_bytes_total', help: 'Blob bytes uploaded to a peer by replication', labelNames: ['peer'], registers });
     this.failures = new Counter({

@@ -58,6 +58,8 @@ interface PeerState {
   confirmed: Set<Digest>;
   /** Where the peer holds a blob (repository path), for cross-repository mounts. */
   blobHome: Map<Digest, string>;
+  /** Pushes in progress by repository and digest: a tag job and a manifest job (or two manifests sharing layers) wait for one push, not send it twice. */
+  pushing: Map<string, Promise<unknown>>;
 }
 
 type Outcome = 'sent' | 'present' | 'evicted';
@@ -69,7 +71,6 @@ export class Replicator implements CacheListener {
   private rr = 0;
   private closed = false;
   private timer: NodeJS.Timeout | undefined;
-  private gauges: NodeJS.Timeout | undefined;
   private readonly inflight = new Set<Promise<void>>();
   private readonly m: ReplicationMetrics;
 
@@ -97,11 +98,16 @@ export class Replicator implements CacheListener {
         lastError: undefined,
         confirmed: new Set(),
         blobHome: new Map(),
+        pushing: new Map(),
       });
     }
-    this.updateGauges();
-    this.gauges = setInterval(() => this.updateGauges(), 1000);
-    this.gauges.unref();
+    this.m.outboxes = () => {
+      const now = Date.now();
+      return this.peers.map((st) => {
+        const oldest = st.outbox.oldestAddedAt();
+        return { peer: st.peer.name, pending: st.outbox.pending, lagSeconds: oldest === undefined ? 0 : Math.max(0, (now - oldest) / 1000) };
+      });
+    };
     this.kick();
   }
 
@@ -326,7 +332,11 @@ export class Replicator implements CacheListener {
    * children. An ocirelay peer takes an index as it is (children nobody pulled stay behind);
    * a registry may refuse it until every child exists, so those are pulled first.
    */
-  private async pushManifest(st: PeerState, registry: string, repository: string, digest: Digest, depth = 0): Promise<Outcome> {
+  private pushManifest(st: PeerState, registry: string, repository: string, digest: Digest, depth = 0): Promise<Outcome> {
+    return once(st, `${registry}/${repository}@${digest}`, () => this.pushManifestNow(st, registry, repository, digest, depth));
+  }
+
+  private async pushManifestNow(st: PeerState, registry: string, repository: string, digest: Digest, depth: number): Promise<Outcome> {
     const repo = st.client.repoPath(registry, repository);
     if (st.confirmed.has(digest)) return 'present';
     if (await st.client.hasManifest(repo, digest)) {
@@ -376,7 +386,11 @@ export class Replicator implements CacheListener {
     return 'sent';
   }
 
-  private async upload(st: PeerState, repo: string, digest: Digest, size: number): Promise<void> {
+  private upload(st: PeerState, repo: string, digest: Digest, size: number): Promise<void> {
+    return once(st, `${repo}@${digest}`, () => this.uploadNow(st, repo, digest, size));
+  }
+
+  private async uploadNow(st: PeerState, repo: string, digest: Digest, size: number): Promise<void> {
     const open = async (start: number, end: number) => {
       const f = await this.d.disk.openFile(digest, { start, end });
       if (!f) throw new Evicted(digest);
@@ -391,15 +405,6 @@ export class Replicator implements CacheListener {
   }
 
   // ---- what it reports ---------------------------------------------------------------------
-
-  private updateGauges(): void {
-    const now = Date.now();
-    for (const st of this.peers) {
-      this.m.pending.set({ peer: st.peer.name }, st.outbox.pending);
-      const oldest = st.outbox.oldestAddedAt();
-      this.m.lag.set({ peer: st.peer.name }, oldest === undefined ? 0 : Math.max(0, (now - oldest) / 1000));
-    }
-  }
 
   status(): ReplicationStatus {
     const now = Date.now();
@@ -431,11 +436,19 @@ export class Replicator implements CacheListener {
   async close(): Promise<void> {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
-    if (this.gauges) clearInterval(this.gauges);
     for (const st of this.peers) await st.client.close();
     await Promise.allSettled([...this.inflight]);
     for (const st of this.peers) await st.outbox.flush();
   }
+}
+
+/** Run `fn` unless the same push is in flight for this peer: then share its outcome. */
+function once<T>(st: PeerState, key: string, fn: () => Promise<T>): Promise<T> {
+  const running = st.pushing.get(key);
+  if (running) return running as Promise<T>;
+  const p = fn().finally(() => st.pushing.delete(key));
+  st.pushing.set(key, p);
+  return p;
 }
 
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
