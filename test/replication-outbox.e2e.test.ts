@@ -232,6 +232,7 @@ describe('replication to an ocirelay peer (B with replication.accept)', () => {
   });
   after(async () => {
     await a2?.cleanup();
+    if (a2) await rm(a2.dir, { recursive: true, force: true });
     await b?.cleanup();
   });
 
@@ -273,5 +274,40 @@ describe('replication to an ocirelay peer (B with replication.accept)', () => {
     const s = (await (await fetch(`${a2.adminUrl}/api/v1/replication`)).json()) as Status;
     assert.equal(s.peers[0]?.kind, 'ocirelay');
     await eventually(async () => ((await (await fetch(`${a2.adminUrl}/api/v1/replication`)).json()) as Status).peers[0]!.pending === 0, "A's outbox for B empty", 30_000);
+  });
+
+  test('a peer added later gets what was cached before only by `ocirelay replicate --peer NAME --all` (a registry without prefix; the frozen tag goes as a tag)', async () => {
+    const late = await startRegistry({ auth: 'none' });
+    try {
+      // A again, same data dir and ports, now with a second peer.
+      const cfg = { region: 'eu-west', registries: { 'docker.io': { url: upstream.url } }, peers: { b: { url: b.url, token: PEER_TOKEN }, late: { url: late.url, kind: 'registry' } } };
+      await a2.stop();
+      a2 = await startOcirelay(cfg, { dir: a2.dir, port: a2.port, adminPort: Number(new URL(a2.adminUrl).port) });
+      const img = images.v2s2;
+      const tagAt = async () => {
+        const res = await fetch(`${late.url}/v2/docker.io/library/v2s2/manifests/1.0`, { method: 'HEAD', headers: { accept: ACCEPT } });
+        await res.arrayBuffer();
+        return res.status === 200 ? res.headers.get('docker-content-digest') : null;
+      };
+      await new Promise((r) => setTimeout(r, 1000));
+      assert.equal(await tagAt(), null, 'nothing cached before is copied by itself');
+
+      const run = promisify(execFile);
+      const out = await run(process.execPath, [BIN, 'replicate', '--peer', 'late', '--all', '--admin', a2.adminUrl, '--timeout', '120s'], { timeout: 150_000 });
+      assert.match(out.stdout, /replicated \d+ images to late/);
+      assert.match(out.stderr, /late: \[#+\] 0 jobs pending/);
+      assert.equal(await tagAt(), img.manifestDigest);
+      for (const d of [img.configDigest, ...img.layers.map((l) => l.digest)]) {
+        const res = await fetch(`${late.url}/v2/docker.io/library/v2s2/blobs/${d}`, { method: 'HEAD' });
+        await res.arrayBuffer();
+        assert.equal(res.status, 200, d);
+      }
+      // An unknown peer is refused (exit code 3: not found).
+      await assert.rejects(run(process.execPath, [BIN, 'replicate', '--peer', 'nope', '--all', '--admin', a2.adminUrl], { timeout: 30_000 }), (e: { code?: number }) => e.code === 3);
+      const s = (await (await fetch(`${a2.adminUrl}/api/v1/replication`)).json()) as Status;
+      assert.equal(s.peers.find((p) => p.name === 'late')?.readiness.images, 1);
+    } finally {
+      await late.stop();
+    }
   });
 });

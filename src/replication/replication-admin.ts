@@ -43,14 +43,22 @@ export class ReplicationAdmin {
         chosen.push(...found);
       }
     }
+    const ocirelay = this.replicator.peerKind(peer) === 'ocirelay';
     const specs: JobSpec[] = [];
     for (const img of chosen) {
       const r = img.registry;
       const n = img.repository;
       specs.push({ k: 'manifest', r, n, d: img.digest });
       for (const tag of img.tags) {
-        if (img.frozenTags.includes(tag)) continue;
-        specs.push({ k: 'tag', r, n, tag, d: img.digest, at: this.index.tag(r, n, tag)?.checkedAt ?? Date.now() });
+        const frozen = this.index.frozen(r, n, tag);
+        // A frozen tag: a freeze to an ocirelay peer, the tag at the frozen digest to a registry.
+        if (frozen) specs.push(ocirelay ? { k: 'freeze', r, n, tag, d: img.digest, at: frozen.at } : { k: 'tag', r, n, tag, d: img.digest, at: frozen.at });
+        else specs.push({ k: 'tag', r, n, tag, d: img.digest, at: this.index.tag(r, n, tag)?.checkedAt ?? Date.now() });
+      }
+      if (ocirelay && img.pinned) {
+        for (const p of this.index.pinsOf(r, n)) {
+          if (p.digests[0] === img.digest) specs.push({ k: 'pin', r, n, ref: p.ref, ds: p.digests, pinned: true, at: p.createdAt });
+        }
       }
     }
     const res = await this.replicator.backfill(peer, specs);

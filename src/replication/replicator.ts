@@ -168,6 +168,10 @@ export class Replicator implements CacheListener {
     return this.peers.some((p) => p.peer.name === name);
   }
 
+  peerKind(name: string): PeerConfig['kind'] | undefined {
+    return this.peers.find((p) => p.peer.name === name)?.peer.kind;
+  }
+
   private async enqueue(peers: PeerState[], spec: JobSpec): Promise<void> {
     if (this.closed || peers.length === 0) return;
     await Promise.all(peers.map((st) => this.addOne(st, spec)));
