@@ -208,6 +208,28 @@ describe('replication to a registry vault (sending side)', () => {
     assert.equal((await status()).peers[0]!.lagSeconds, 0);
   });
 
+  test('blobs evicted locally before they left are dropped and counted; the rest still arrives', async () => {
+    // A small cache in front of the same upstream and vault: four 3 MiB images do not fit.
+    const small = await startOcirelay({ ...config(), cache: { maxBytes: 8 * 1024 * 1024, memoryBytes: 1024 * 1024 } });
+    try {
+      await stopVault();
+      const imgs: RandomImage[] = [];
+      for (let i = 0; i < 4; i++) {
+        const img = await pushRandomImage(upstream.url, `library/evict-${i}`, 'v1', [1536 * 1024, 1536 * 1024 + i]);
+        await pullVerified(small.url, img);
+        imgs.push(img);
+      }
+      await eventually(async () => (await small.metric('ocirelay_evictions_total')) > 0, 'the first images evicted', 30_000);
+      await startVault();
+      await eventually(async () => (await small.metric('ocirelay_replication_failures_total', { peer: 'vault', reason: 'evicted' })) > 0, 'evicted jobs counted', 90_000);
+      await eventually(async () => (await small.metric('ocirelay_replication_pending_jobs', { peer: 'vault' })) === 0, 'outbox empty', 90_000);
+      // The image pulled last was never evicted: it is complete in the vault.
+      assert.ok(await imageInVault(imgs[3]!));
+    } finally {
+      await small.cleanup();
+    }
+  });
+
   test('pulling cached content again queues nothing; the tag went to the vault by name', async () => {
     // Pulled again: nothing new was committed and no tag moved, so no job is queued.
     const before = await a.metric('ocirelay_replication_pending_jobs', { peer: 'vault' });
