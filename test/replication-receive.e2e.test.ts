@@ -4,7 +4,8 @@
 // made by hand over HTTP, as the replicator's peer client makes them (skopeo 1.9 only sends a
 // Bearer token after a 401 to its /v2/ ping, which a pull-through mirror open for pulls never
 // answers); pulls back are made with skopeo. A second process without replication.accept
-// shows that writes stay 405 there.
+// shows that writes stay 405 there. Last, two regions in a full mesh with the real replicator:
+// what one pulls (and pins, and freezes) reaches the other, and nothing comes back.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
@@ -12,9 +13,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
+import { freePort } from './fixtures/ports.ts';
 import { startRegistry, type RegistryFixture } from './fixtures/registry.ts';
 import { skopeoCopy, skopeoInspectRaw } from './fixtures/skopeo.ts';
+import { eventually } from './helpers/eventually.ts';
 import { startOcirelay, type OcirelayProcess } from './helpers/ocirelay-process.ts';
+import { pullVerified, pushRandomImage } from './helpers/random-image.ts';
 import { UploadSessions } from '../src/replication/upload-sessions.ts';
 
 const REG = 'reg.example';
@@ -317,6 +321,67 @@ describe('receiving pushes', { timeout: 300_000 }, () => {
     const after = await images();
     assert.ok(after.every((i) => i.frozenTags.length === 0 && !i.pinned), JSON.stringify(after));
     assert.equal(await tagDigest('team/frozen', 'v1'), cur.digest);
+  });
+});
+
+describe('receiving from the real replicator, two regions in a full mesh', { timeout: 300_000 }, () => {
+  test('what A pulls reaches B (whose upstream is down), including a chunked 70 MiB layer, and B pushes none of it back', async () => {
+    const live = await startRegistry({ auth: 'none' });
+    const dead = await startRegistry({ auth: 'none' });
+    await dead.stop();
+    const [portA, portB] = [await freePort(), await freePort()];
+    const [toA, toB] = ['token-into-a-0123456789', 'token-into-b-0123456789'];
+    let a: OcirelayProcess | undefined;
+    let b: OcirelayProcess | undefined;
+    try {
+      b = await startOcirelay(
+        { registries: { [REG]: { url: dead.url } }, peers: { a: { url: `http://127.0.0.1:${portA}`, token: toA } }, replication: { accept: [{ name: 'a', token: toB }] }, log: { level: 'info' } },
+        { port: portB },
+      );
+      a = await startOcirelay(
+        { registries: { [REG]: { url: live.url } }, peers: { b: { url: b.url, token: toB } }, replication: { accept: [{ name: 'b', token: toA }] }, log: { level: 'info' } },
+        { port: portA },
+      );
+      const img = await pushRandomImage(live.url, 'team/mesh', 'v1', [1000, 70 * 1024 * 1024]);
+      const viaPrefix = { ...img, repo: `${REG}/team/mesh` };
+      await pullVerified(a.url, viaPrefix);
+      const bb = b;
+      await eventually(async () => (await bb.metric('ocirelay_replication_received_total', { peer: 'a', kind: 'tag', result: 'stored' })) === 1, 'the tag reached B', 120_000);
+      await pullVerified(b.url, viaPrefix);
+      assert.equal(await b.metric('ocirelay_replication_received_total', { peer: 'a', kind: 'blob', result: 'stored' }), 3);
+      // Received content is not queued for A: nothing pending, nothing sent, nothing received there.
+      await sleep(1000);
+      assert.equal(await b.metric('ocirelay_replication_pending_jobs', { peer: 'a' }), 0);
+      assert.equal(await b.metric('ocirelay_replication_bytes_total', { peer: 'a' }), 0);
+      assert.equal(await a.metric('ocirelay_replication_received_total'), 0);
+
+      // A pin with a freeze made on A shows in B's admin API as pinned and frozen, and comes back to A no more than content does.
+      const pinned = await fetch(`${a.adminUrl}/api/v1/pin`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ image: `${REG}/team/mesh:v1`, freeze: true }) });
+      assert.equal(pinned.status, 200, await pinned.text());
+      await eventually(
+        async () => {
+          const res = await fetch(`${bb.adminUrl}/api/v1/images?registry=${REG}&repository=team/mesh`);
+          const list = ((await res.json()) as { images: Array<{ digest: string; pinned: boolean; frozenTags: string[] }> }).images;
+          return list.some((i) => i.digest === img.manifestDigest && i.pinned && i.frozenTags.includes('v1'));
+        },
+        'B shows the pin and the freeze',
+        60_000,
+      );
+      // Counted once the journal write is done (the index shows it a moment before).
+      await eventually(
+        async () =>
+          (await bb.metric('ocirelay_replication_received_total', { peer: 'a', kind: 'freeze', result: 'stored' })) === 1 &&
+          (await bb.metric('ocirelay_replication_received_total', { peer: 'a', kind: 'pin', result: 'stored' })) === 1,
+        'the freeze and the pin counted once each',
+        10_000,
+      );
+      await sleep(1000);
+      assert.equal(await a.metric('ocirelay_replication_received_total'), 0);
+    } finally {
+      await a?.cleanup();
+      await b?.cleanup();
+      await live.stop();
+    }
   });
 });
 
