@@ -298,16 +298,17 @@ describe('replication to an ocirelay peer (B with replication.accept)', () => {
     await eventually(async () => ((await (await fetch(`${a2.adminUrl}/api/v1/replication`)).json()) as Status).peers[0]!.pending === 0, "A's outbox for B empty", 30_000);
   });
 
-  test('a peer added later gets what was cached before only by `ocirelay replicate --peer NAME --all` (a registry without prefix; the frozen tag goes as a tag)', async () => {
-    const late = await startRegistry({ auth: 'none' });
+  test('a peer added later gets what was cached before only by `ocirelay replicate --peer NAME --all` (a registry with Basic auth and no prefix; the frozen tag goes as a tag)', async () => {
+    const late = await startRegistry({ auth: 'basic' });
     try {
       // A again, same data dir and ports, now with a second peer.
-      const cfg = { region: 'eu-west', registries: { 'docker.io': { url: upstream.url } }, peers: { b: { url: b.url, token: PEER_TOKEN }, late: { url: late.url, kind: 'registry' } } };
+      const cfg = { region: 'eu-west', registries: { 'docker.io': { url: upstream.url } }, peers: { b: { url: b.url, token: PEER_TOKEN }, late: { url: late.url, kind: 'registry', username: late.user, password: late.password } } };
       await a2.stop();
       a2 = await startOcirelay(cfg, { dir: a2.dir, port: a2.port, adminPort: Number(new URL(a2.adminUrl).port) });
       const img = images.v2s2;
+      const basic = (await late.authorization('repository:docker.io/library/v2s2:pull'))!;
       const tagAt = async () => {
-        const res = await fetch(`${late.url}/v2/docker.io/library/v2s2/manifests/1.0`, { method: 'HEAD', headers: { accept: ACCEPT } });
+        const res = await fetch(`${late.url}/v2/docker.io/library/v2s2/manifests/1.0`, { method: 'HEAD', headers: { accept: ACCEPT, authorization: basic } });
         await res.arrayBuffer();
         return res.status === 200 ? res.headers.get('docker-content-digest') : null;
       };
@@ -320,7 +321,7 @@ describe('replication to an ocirelay peer (B with replication.accept)', () => {
       assert.match(out.stderr, /late: \[#+\] 0 jobs pending/);
       assert.equal(await tagAt(), img.manifestDigest);
       for (const d of [img.configDigest, ...img.layers.map((l) => l.digest)]) {
-        const res = await fetch(`${late.url}/v2/docker.io/library/v2s2/blobs/${d}`, { method: 'HEAD' });
+        const res = await fetch(`${late.url}/v2/docker.io/library/v2s2/blobs/${d}`, { method: 'HEAD', headers: { authorization: basic } });
         await res.arrayBuffer();
         assert.equal(res.status, 200, d);
       }

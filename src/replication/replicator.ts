@@ -441,7 +441,11 @@ export class Replicator implements CacheListener {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
     for (const st of this.peers) await st.client.close();
-    await Promise.allSettled([...this.inflight]);
+    // Requests to peers are aborted; a job pulling through the normal path (bounded by the
+    // upstream's timeouts) is not waited for long: its job stays queued and runs after restart.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.allSettled([...this.inflight]), new Promise<void>((r) => (timer = setTimeout(r, 5000)))]);
+    clearTimeout(timer);
     for (const st of this.peers) await st.outbox.flush();
   }
 }
