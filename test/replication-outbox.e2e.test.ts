@@ -258,7 +258,8 @@ describe('replication to an ocirelay peer (B with replication.accept)', () => {
     await b?.cleanup();
   });
 
-  test('a pull through A is served by B with its upstream down; a pin with freeze shows in B', async () => {
+  test('a pull through A is served by B with its upstream down; the tag carries its resolution time; a pin with freeze shows in B', async () => {
+    const t0 = Date.now();
     await skopeoCopy(`docker://${a2.host}/library/v2s2:1.0`, `oci:${path.join(work, 'v2s2-a')}:x`, { srcTlsVerify: false, timeoutMs: 120_000 });
     const img = images.v2s2;
     await eventually(
@@ -278,6 +279,12 @@ describe('replication to an ocirelay peer (B with replication.accept)', () => {
       }
       return true;
     }, 'every blob at B', 60_000);
+    // The tag went with A's resolution time (RFC 3339 with ms): B keeps it and shows it to peers.
+    const head = await fetch(`${b.url}/v2/docker.io/library/v2s2/manifests/1.0`, { method: 'HEAD', headers: { accept: ACCEPT, authorization: `Bearer ${PEER_TOKEN}` } });
+    await head.arrayBuffer();
+    const resolvedAt = head.headers.get('ocirelay-resolved-at') ?? '';
+    assert.match(resolvedAt, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+    assert.ok(Date.parse(resolvedAt) >= t0 - 1000 && Date.parse(resolvedAt) <= Date.now(), resolvedAt);
     // A real client pulls it from B, the upstream still unreachable.
     await skopeoCopy(`docker://${b.host}/library/v2s2:1.0`, `oci:${path.join(work, 'v2s2-b')}:x`, { srcTlsVerify: false, timeoutMs: 120_000 });
 
