@@ -7,8 +7,9 @@
 // shows that writes stay 405 there. Last, two regions in a full mesh with the real replicator:
 // what one pulls (and pins, and freezes) reaches the other, and nothing comes back.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -321,6 +322,47 @@ describe('receiving pushes', { timeout: 300_000 }, () => {
     const after = await images();
     assert.ok(after.every((i) => i.frozenTags.length === 0 && !i.pinned), JSON.stringify(after));
     assert.equal(await tagDigest('team/frozen', 'v1'), cur.digest);
+  });
+});
+
+describe('a full disk', { timeout: 120_000 }, () => {
+  test('an upload that does not fit answers 503 UNAVAILABLE, leaves no temp file, and pushes work again once the disk recovers', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'recv-full-'));
+    const mnt = path.join(dir, 'tmpfs');
+    await mkdir(mnt);
+    // A real small filesystem (needs root, as the cache-lifecycle test).
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=6m', 'tmpfs', mnt]);
+    let p: OcirelayProcess | undefined;
+    try {
+      p = await startOcirelay({ registries: { [REG]: { url: 'http://127.0.0.1:9' } }, dataDir: path.join(mnt, 'data'), replication: { accept: [{ name: 'a', token: TOKEN }] }, log: { level: 'info' } });
+      const bytes = randomBytes(8 * 1024 * 1024);
+      const start = await call(`${p.url}/v2/${REG}/team/big/blobs/uploads/`, { method: 'POST', headers: AUTH });
+      assert.equal(start.status, 202);
+      let location = start.headers.get('location')!;
+      const MiB = 1024 * 1024;
+      let refused: Awaited<ReturnType<typeof call>> | undefined;
+      for (let off = 0; off < bytes.length && !refused; off += MiB) {
+        const r = await call(`${p.url}${location}`, { method: 'PATCH', headers: { ...AUTH, 'content-range': `${off}-${off + MiB - 1}` }, body: body(bytes.subarray(off, off + MiB)) });
+        if (r.status === 202) location = r.headers.get('location')!;
+        else refused = r;
+      }
+      assert.ok(refused, 'an 8 MiB upload cannot fit in 6 MiB');
+      assert.equal(refused.status, 503, refused.text);
+      assert.equal(refused.code, 'UNAVAILABLE');
+      assert.deepEqual((await readdir(path.join(p.dataDir, 'tmp'))).filter((f) => f.startsWith('upload-')), []);
+      const gone = await call(`${p.url}${location}`, { method: 'PATCH', headers: AUTH, body: 'x' });
+      assert.equal(gone.status, 404, 'the upload was dropped');
+      // The temp file is gone, so the disk probe finds room again and pushes are taken.
+      await p.waitForLog((l) => l.msg === 'disk cache writable again: caching resumed', 20_000);
+      const small = { bytes: randomBytes(4096), digest: '' };
+      small.digest = sha(small.bytes);
+      await pushBlob(p.url, 'team/big', small);
+      assert.equal((await fetch(`${p.url}/v2/${REG}/team/big/blobs/${small.digest}`, { method: 'HEAD', headers: AUTH })).status, 200);
+    } finally {
+      await p?.cleanup();
+      execFileSync('umount', [mnt]);
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 

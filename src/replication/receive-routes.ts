@@ -371,7 +371,7 @@ export function createPushReceiver(o: {
     maxSessions: MAX_UPLOAD_SESSIONS,
     maxBytes: o.maxBlobBytes,
     idleMs: UPLOAD_IDLE_MS,
-    ensureRoom: (n) => o.store.health.ensureRoom(n),
+    health: o.store.health,
   });
   return new PushReceiver({
     accept: o.accept,

@@ -9,6 +9,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { RegistryError } from '../errors.ts';
 import { digestOfHash, type Digest } from '../oci/digest.ts';
+import { isDiskError, type DiskHealth } from '../storage/disk-health.ts';
 
 export interface UploadSession {
   readonly id: string;
@@ -29,8 +30,8 @@ export interface UploadSessionsOptions {
   maxSessions: number;
   maxBytes: number;
   idleMs: number;
-  /** Throws (ENOSPC) when `bytes` more cannot fit on the disk right now. */
-  ensureRoom?: (bytes: number) => Promise<void>;
+  /** The cache disk: refuses uploads while unwritable, checks room before a chunk of known length, learns of write failures. */
+  health?: Pick<DiskHealth, 'writable' | 'failed' | 'ensureRoom'>;
   now?: () => number;
 }
 
@@ -64,9 +65,15 @@ export class UploadSessions {
     if (this.sessions.size >= this.o.maxSessions) {
       throw new RegistryError('TOOMANYREQUESTS', `too many uploads in progress (${this.o.maxSessions})`, { headers: { 'Retry-After': '5' } });
     }
+    if (this.o.health && !this.o.health.writable) throw unavailable();
     const id = randomUUID();
     const tmpPath = path.join(this.o.tmpDir, `upload-${id}.${process.pid}.part`);
-    const fh = await fs.open(tmpPath, 'wx');
+    let fh: FileHandle;
+    try {
+      fh = await fs.open(tmpPath, 'wx');
+    } catch (e) {
+      throw this.diskTrouble(e, 'starting a pushed upload');
+    }
     const s: UploadSession = { id, registry, repository, tmpPath, size: 0, lastActive: this.now(), busy: false, fh, hash: createHash('sha256') };
     this.sessions.set(id, s);
     return s;
@@ -94,7 +101,7 @@ export class UploadSessions {
     }
     s.busy = true;
     try {
-      if (length !== undefined && length > 0) await this.o.ensureRoom?.(length);
+      if (length !== undefined && length > 0) await this.o.health?.ensureRoom(length);
       for await (const chunk of body as AsyncIterable<Buffer>) {
         if (s.size + chunk.length > this.o.maxBytes) {
           body.destroy();
@@ -111,7 +118,7 @@ export class UploadSessions {
       // A body cut short or a failed write leaves the file in an unknown state: the whole
       // upload goes (the sender starts again), never a half-written blob.
       await this.abort(s);
-      throw e;
+      throw this.diskTrouble(e, 'writing a pushed upload');
     } finally {
       s.busy = false;
       s.lastActive = this.now();
@@ -124,6 +131,9 @@ export class UploadSessions {
     this.sessions.delete(s.id);
     try {
       await s.fh.sync();
+    } catch (e) {
+      await fs.rm(s.tmpPath, { force: true }).catch(() => undefined);
+      throw this.diskTrouble(e, 'syncing a pushed upload');
     } finally {
       await s.fh.close().catch(() => undefined);
     }
@@ -135,6 +145,13 @@ export class UploadSessions {
     this.sessions.delete(s.id);
     await s.fh.close().catch(() => undefined);
     await fs.rm(s.tmpPath, { force: true }).catch(() => undefined);
+  }
+
+  private diskTrouble(e: unknown, what: string): unknown {
+    if (!isDiskError(e)) return e;
+    // As a fill: no room (ensureRoom's ENOSPC included) marks the disk unwritable until a probe succeeds.
+    this.o.health?.failed(e, what);
+    return unavailable();
   }
 
   /** Drop sessions idle for longer than idleMs. */
@@ -150,6 +167,11 @@ export class UploadSessions {
     clearInterval(this.timer);
     for (const s of [...this.sessions.values()]) await this.abort(s);
   }
+}
+
+/** A failed write to the cache disk answers 503 (the sender retries later) and tells DiskHealth; anything else is passed on. */
+function unavailable(): RegistryError {
+  return new RegistryError('UNAVAILABLE', 'the disk cache is not writable right now', { headers: { 'Retry-After': '30' } });
 }
 
 export function rangeHeaders(s: UploadSession): Record<string, string> {
