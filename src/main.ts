@@ -29,6 +29,8 @@ import { Evictor } from './storage/evictor.ts';
 import { CacheLayout } from './storage/layout.ts';
 import { MemoryCache } from './storage/memory-cache.ts';
 import { RegistryClient } from './upstream/registry-client.ts';
+import { PeerSource } from './sources/peer-source.ts';
+import { SourceChain, upstreamSource } from './sources/source-chain.ts';
 
 export interface RunningProxy {
   url: string;
@@ -97,13 +99,33 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
   const negative = new NegativeCache({ ttlMs: (registry) => config.registries.get(registry)?.negativeTtlMs ?? 30_000, metrics });
   // Content changes, for the replication outbox (and later the S3 write-behind).
   const events = new CacheEvents();
-  const blobs = new BlobService({ disk, memory, index, fills, upstreams, evictor, health, metrics, logger, negative, events });
+  // Where misses are read from: each registry's upstream, then (on an outage, or first with
+  // failover.mode peers-first) the peers with failover: true.
+  const sources = new SourceChain({
+    upstreams: new Map([...upstreams].map(([name, client]) => [name, upstreamSource(client)])),
+    peers: [...config.peers.values()]
+      .filter((p) => p.failover)
+      .map(
+        (p) =>
+          new PeerSource(p, {
+            metrics,
+            logger,
+            userAgent: `ocirelay/${config.version}`,
+            minRate: { bytesPerSec: config.upstream.minRateBytesPerSec, windowMs: config.upstream.minRateWindowMs },
+            timeouts: { connectMs: config.upstream.connectTimeoutMs, headersMs: config.upstream.headersTimeoutMs, idleMs: config.upstream.idleTimeoutMs },
+          }),
+      ),
+    mode: config.failover.mode,
+    metrics,
+    logger,
+  });
+  const blobs = new BlobService({ disk, memory, index, fills, sources, evictor, health, metrics, logger, negative, events });
   const manifests = new ManifestService({
     events,
     disk,
     memory,
     index,
-    upstreams,
+    sources,
     evictor,
     health,
     metrics,
@@ -215,6 +237,7 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
       await index.close();
       await disk.flushRecency();
       for (const u of upstreams.values()) await u.close();
+      await sources.close();
       logger.info('shut down');
       logger.flush();
     })());

@@ -121,6 +121,12 @@ export class Metrics {
     labelNames: ['registry', 'reason'] as const,
     registers: [this.registry],
   });
+  readonly failoverReads = new Counter({
+    name: 'ocirelay_failover_reads_total',
+    help: 'Reads from failover peers by peer and result (ok, not_found, error, skipped: failed recently, digest_mismatch/size_mismatch: a blob it sent failed verification)',
+    labelNames: ['peer', 'result'] as const,
+    registers: [this.registry],
+  });
   readonly cacheBytes = new Gauge({
     name: 'ocirelay_cache_bytes',
     help: 'Bytes held by each cache tier',

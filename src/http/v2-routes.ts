@@ -73,6 +73,8 @@ export function v2Routes(d: V2Deps): Hono<AppEnv> {
           repository: route.repository,
           reference: route.reference,
           accept: parseAccept(c.req.raw.headers.get('accept')),
+          // A peer region's failover read: not passed on to this region's peers (no loops).
+          forPeer: c.req.header('ocirelay-failover') !== undefined,
         });
         info.cache = m.cache;
         info.source = m.cache === 'miss' ? 'upstream' : 'cache';
@@ -99,6 +101,7 @@ export function v2Routes(d: V2Deps): Hono<AppEnv> {
           digest: route.digest,
           method,
           range: usableRange(c.req.header('range')),
+          forPeer: c.req.header('ocirelay-failover') !== undefined,
         });
         info.cache = b.cache;
         info.source = b.source;

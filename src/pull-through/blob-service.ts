@@ -40,6 +40,11 @@ export interface BlobRequest {
    * is aborted at the first byte beyond it. Ignored unless a non-negative safe integer.
    */
   expectedSize?: number;
+  /**
+   * A peer region's failover read (header Ocirelay-Failover): answered from this cache and
+   * the upstream only, never from this region's own peers (no loops between regions).
+   */
+  forPeer?: boolean;
 }
 
 export interface BlobResponse {
@@ -180,6 +185,13 @@ export class BlobService {
       });
       fill = started.fill;
       joined = started.joined;
+      if (!joined) {
+        const f = fill;
+        void f.settled.then((outcome) => {
+          // A peer whose bytes failed verification is not asked again for a while.
+          if (from && (outcome === 'digest_mismatch' || outcome === 'size_mismatch')) this.sources.deliveredBad(from, outcome);
+        });
+      }
     } else {
       this.d.metrics.coalescedWaiters.inc();
     }
@@ -228,7 +240,7 @@ export class BlobService {
   private async open(req: BlobRequest, signal: AbortSignal): Promise<{ value: FillSource; from: ContentSource }> {
     const ref = { registry: req.registry, repository: req.repository, digest: req.digest };
     try {
-      const got = await this.sources.openBlob(ref, signal, req.expectedSize);
+      const got = await this.sources.openBlob(ref, signal, req.expectedSize, req.forPeer !== true);
       this.d.negative?.forget(req.registry, req.repository, 'blob', req.digest);
       return got;
     } catch (e) {
@@ -269,7 +281,7 @@ export class BlobService {
     this.d.negative?.check(req.registry, req.repository, 'blob', req.digest);
     let head: BlobHead;
     try {
-      head = (await this.sources.headBlob({ registry: req.registry, repository: req.repository, digest: req.digest })).value;
+      head = (await this.sources.headBlob({ registry: req.registry, repository: req.repository, digest: req.digest }, req.forPeer !== true)).value;
     } catch (e) {
       throw this.notFound(req, e);
     }

@@ -29,6 +29,8 @@ export interface ManifestRequest {
   /** A tag or a sha256 digest (validated by the route). */
   reference: string;
   accept: string[];
+  /** A peer region's failover read: answered from this cache and the upstream only (no loops between regions). */
+  forPeer?: boolean;
 }
 
 export interface ManifestResponse {
@@ -240,7 +242,7 @@ export class ManifestService {
   private async confirm(req: ManifestRequest): Promise<void> {
     this.d.negative?.check(req.registry, req.repository, 'manifest', req.reference);
     try {
-      await this.sources.confirmManifest(req, req.accept);
+      await this.sources.confirmManifest(req, req.accept, req.forPeer !== true);
     } catch (e) {
       throw e instanceof RegistryError ? this.notFound(req, e) : e;
     }
@@ -249,7 +251,7 @@ export class ManifestService {
 
   /** GET from upstream, verify, store; concurrent identical requests share one fetch. */
   private fetch(req: ManifestRequest): Promise<Fetched> {
-    const key = `${req.registry}/${req.repository}@${req.reference}#${req.accept.join(',')}`;
+    const key = `${req.registry}/${req.repository}@${req.reference}#${req.accept.join(',')}${req.forPeer === true ? '#peer' : ''}`;
     let p = this.inFlight.get(key);
     if (!p) {
       p = this.fetchOnce(req).finally(() => this.inFlight.delete(key));
@@ -286,7 +288,7 @@ export class ManifestService {
     this.d.negative?.check(req.registry, req.repository, 'manifest', req.reference);
     let got;
     try {
-      got = await this.sources.getManifest(req, req.accept, (raw, from) => this.check(req, raw, from));
+      got = await this.sources.getManifest(req, req.accept, (raw, from) => this.check(req, raw, from), req.forPeer !== true);
     } catch (e) {
       throw e instanceof RegistryError ? this.notFound(req, e) : e;
     }
