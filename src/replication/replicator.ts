@@ -1,22 +1,22 @@
 // Pushes what this region caches to its replicating peers. As a CacheListener it turns every
 // committed blob and manifest, every tag that resolved to a new digest, and every pin and
 // freeze into one job per peer in that peer's Outbox (on disk before the commit is
-// acknowledged). Workers (replication.concurrency over all peers) send them: HEAD first, a
-// mount where the peer is known to hold the blob in another repository, an upload from the
-// local file otherwise; a manifest's blobs before it, an index's children before it, a tag
-// after its manifest. Content that came from a peer (via push or failover) is never queued:
+// acknowledged). Workers (replication.concurrency over all peers, taking the peers in turn)
+// hand them to the JobSender (job-sender.ts: HEAD first, mount or upload, what a job needs
+// before it); a peer that is down backs off as a whole, a job it refuses on its own alone.
+// Content that came from a peer (via push or failover) is never queued:
 // with a full mesh that would loop.
 import path from 'node:path';
 import type { CacheListener, ContentCommitted, FreezeChanged, PinChanged, TagResolved } from '../cache-events.ts';
 import { globMatcher, type PeerConfig, type ReplicationConfig } from '../config-replication.ts';
 import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
-import { parseDigest, type Digest } from '../oci/digest.ts';
-import { guessManifestMediaType } from '../oci/media-types.ts';
+import type { Digest } from '../oci/digest.ts';
 import type { CacheIndex } from '../storage/cache-index.ts';
 import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
 import { Outbox, type Job, type JobSpec } from './outbox.ts';
 import { PeerClient, PeerError } from './peer-client.ts';
+import { JobSender, type PeerLink } from './job-sender.ts';
 import { backoffMs } from './backoff.ts';
 import { ReplicationMetrics } from './replication-metrics.ts';
 import type { PeerStatus, ReplicationStatus } from './status.ts';
@@ -38,31 +38,14 @@ export interface ReplicatorDeps {
   logger: Logger;
 }
 
-/** The blob is no longer in the local cache: the job cannot be sent. */
-class Evicted extends Error {
-  constructor(digest: Digest) {
-    super(`${digest} is no longer in the local cache`);
-  }
-}
-
-interface PeerState {
-  peer: PeerConfig;
-  client: PeerClient;
+interface PeerState extends PeerLink {
   outbox: Outbox;
   /** Consecutive peer-wide failures, and no job is started before backoffUntil. */
   failures: number;
   backoffUntil: number;
   lastSuccess: number | undefined;
   lastError: { at: number; message: string } | undefined;
-  /** Manifests confirmed present at the peer (in memory: DR readiness, and no second HEAD). */
-  confirmed: Set<Digest>;
-  /** Where the peer holds a blob (repository path), for cross-repository mounts. */
-  blobHome: Map<Digest, string>;
-  /** Pushes in progress by repository and digest: a tag job and a manifest job (or two manifests sharing layers) wait for one push, not send it twice. */
-  pushing: Map<string, Promise<unknown>>;
 }
-
-type Outcome = 'sent' | 'present' | 'evicted';
 
 export class Replicator implements CacheListener {
   private readonly peers: PeerState[] = [];
@@ -73,12 +56,14 @@ export class Replicator implements CacheListener {
   private timer: NodeJS.Timeout | undefined;
   private readonly inflight = new Set<Promise<void>>();
   private readonly m: ReplicationMetrics;
+  private readonly sender: JobSender;
 
   constructor(private readonly d: ReplicatorDeps) {
     const include = globMatcher(d.config.replication.include);
     const exclude = globMatcher(d.config.replication.exclude);
     this.matches = (s) => include(s) && !exclude(s);
     this.m = ReplicationMetrics.of(d.metrics);
+    this.sender = new JobSender({ disk: d.disk, index: d.index, pull: d.pull, metrics: this.m });
   }
 
   /** Open every replicating peer's outbox (replaying what a crash left) and start the workers. */
@@ -236,7 +221,7 @@ export class Replicator implements CacheListener {
   private async run(st: PeerState, job: Job): Promise<void> {
     const peer = st.peer.name;
     try {
-      const outcome = await this.execute(st, job.spec);
+      const outcome = await this.sender.send(st, job.spec);
       if (outcome === 'evicted') {
         this.m.failures.inc({ peer, reason: 'evicted' });
         this.d.logger.warn({ peer, job: job.spec }, 'replication job dropped: its content was evicted locally before it left');
@@ -277,135 +262,6 @@ export class Replicator implements CacheListener {
       this.d.logger.warn({ peer, job: job.spec, err: message, retryInMs: wait }, 'replication job failed: will retry');
       st.outbox.retryAt(job, Date.now() + wait);
     }
-  }
-
-  private async execute(st: PeerState, s: JobSpec): Promise<Outcome> {
-    const repo = st.client.repoPath(s.r, s.n);
-    switch (s.k) {
-      case 'blob': {
-        if (await st.client.hasBlob(repo, s.d)) {
-          st.blobHome.set(s.d, repo);
-          return 'present';
-        }
-        const size = this.d.disk.sizeOf(s.d);
-        if (size === undefined) return 'evicted';
-        try {
-          await this.upload(st, repo, s.d, size);
-        } catch (e) {
-          if (e instanceof Evicted) return 'evicted';
-          throw e;
-        }
-        return 'sent';
-      }
-      case 'manifest':
-        return this.pushManifest(st, s.r, s.n, s.d);
-      case 'tag': {
-        const m = await this.pushManifest(st, s.r, s.n, s.d);
-        if (m === 'evicted') return m;
-        const body = await this.d.disk.read(s.d);
-        if (!body) return 'evicted';
-        const mediaType = this.d.index.manifestMeta(s.d)?.mediaType ?? guessManifestMediaType(body);
-        await st.client.putManifest(repo, s.tag, body, mediaType, { 'Ocirelay-Resolved-At': new Date(s.at).toISOString() });
-        return 'sent';
-      }
-      case 'pin': {
-        if (!s.pinned) {
-          await st.client.ocirelayCall(repo, 'DELETE', 'pin', { ref: s.ref });
-          return 'sent';
-        }
-        const root = s.ds[0];
-        if (root !== undefined && (await this.pushManifest(st, s.r, s.n, root)) === 'evicted') return 'evicted';
-        await st.client.ocirelayCall(repo, 'PUT', 'pin', { ref: s.ref, digests: s.ds, createdAt: new Date(s.at).toISOString() });
-        return 'sent';
-      }
-      case 'freeze': {
-        if (s.d === null) {
-          await st.client.ocirelayCall(repo, 'DELETE', `freeze/${s.tag}`, { at: new Date(s.at).toISOString() });
-          return 'sent';
-        }
-        if ((await this.pushManifest(st, s.r, s.n, s.d)) === 'evicted') return 'evicted';
-        await st.client.ocirelayCall(repo, 'PUT', `freeze/${s.tag}`, { digest: s.d, at: new Date(s.at).toISOString() });
-        return 'sent';
-      }
-    }
-  }
-
-  /**
-   * A manifest and what it needs at the peer first: an image manifest's blobs (missing local
-   * ones are pulled through the normal path, joining a client's fill in flight), an index's
-   * children. An ocirelay peer takes an index as it is (children nobody pulled stay behind);
-   * a registry may refuse it until every child exists, so those are pulled first.
-   */
-  private pushManifest(st: PeerState, registry: string, repository: string, digest: Digest, depth = 0): Promise<Outcome> {
-    return once(st, `${registry}/${repository}@${digest}`, () => this.pushManifestNow(st, registry, repository, digest, depth));
-  }
-
-  private async pushManifestNow(st: PeerState, registry: string, repository: string, digest: Digest, depth: number): Promise<Outcome> {
-    const repo = st.client.repoPath(registry, repository);
-    if (st.confirmed.has(digest)) return 'present';
-    if (await st.client.hasManifest(repo, digest)) {
-      st.confirmed.add(digest);
-      return 'present';
-    }
-    const body = await this.d.disk.read(digest);
-    if (!body) return 'evicted';
-    const mediaType = this.d.index.manifestMeta(digest)?.mediaType ?? guessManifestMediaType(body);
-    let json: { manifests?: unknown; config?: unknown; layers?: unknown; blobs?: unknown };
-    try {
-      json = JSON.parse(body.toString('utf8')) as typeof json;
-    } catch {
-      throw new Error(`cached manifest ${digest} is not JSON`);
-    }
-    if (Array.isArray(json.manifests)) {
-      if (depth > 2) throw new Error(`index ${digest} nests too deep`);
-      for (const child of descriptorDigests(json.manifests)) {
-        if (!this.d.disk.has(child)) {
-          if (st.peer.kind !== 'registry') continue;
-          await this.d.pull(registry, repository, child);
-        }
-        const r = await this.pushManifest(st, registry, repository, child, depth + 1);
-        if (r === 'evicted') throw new Error(`child manifest ${child} of ${digest} is not in the local cache`);
-      }
-    } else {
-      const layers = Array.isArray(json.layers) ? json.layers : [];
-      const blobs = Array.isArray(json.blobs) ? json.blobs : [];
-      let pulled = false;
-      for (const blob of descriptorDigests([json.config, ...layers, ...blobs])) {
-        if (await st.client.hasBlob(repo, blob)) {
-          st.blobHome.set(blob, repo);
-          continue;
-        }
-        let size = this.d.disk.sizeOf(blob);
-        if (size === undefined && !pulled) {
-          pulled = true;
-          await this.d.pull(registry, repository, digest);
-          size = this.d.disk.sizeOf(blob);
-        }
-        if (size === undefined) throw new Error(`blob ${blob} of ${digest} is not in the local cache`);
-        await this.upload(st, repo, blob, size);
-      }
-    }
-    await st.client.putManifest(repo, digest, body, mediaType);
-    st.confirmed.add(digest);
-    return 'sent';
-  }
-
-  private upload(st: PeerState, repo: string, digest: Digest, size: number): Promise<void> {
-    return once(st, `${repo}@${digest}`, () => this.uploadNow(st, repo, digest, size));
-  }
-
-  private async uploadNow(st: PeerState, repo: string, digest: Digest, size: number): Promise<void> {
-    const open = async (start: number, end: number) => {
-      const f = await this.d.disk.openFile(digest, { start, end });
-      if (!f) throw new Evicted(digest);
-      return f.toReadable();
-    };
-    const home = st.blobHome.get(digest);
-    const how = await st.client.uploadBlob(repo, digest, size, open, home !== undefined && home !== repo ? home : undefined);
-    if (how === 'uploaded') this.m.bytes.inc({ peer: st.peer.name }, size);
-    st.blobHome.set(digest, repo);
-    // Bounded: a hint, not a record.
-    if (st.blobHome.size > 100_000) st.blobHome.delete(st.blobHome.keys().next().value!);
   }
 
   // ---- what it reports ---------------------------------------------------------------------
@@ -450,23 +306,4 @@ export class Replicator implements CacheListener {
   }
 }
 
-/** Run `fn` unless the same push is in flight for this peer: then share its outcome. */
-function once<T>(st: PeerState, key: string, fn: () => Promise<T>): Promise<T> {
-  const running = st.pushing.get(key);
-  if (running) return running as Promise<T>;
-  const p = fn().finally(() => st.pushing.delete(key));
-  st.pushing.set(key, p);
-  return p;
-}
-
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
-
-function descriptorDigests(list: unknown[]): Digest[] {
-  const out: Digest[] = [];
-  for (const d of list) {
-    if (typeof d !== 'object' || d === null) continue;
-    const digest = parseDigest(String((d as { digest?: unknown }).digest));
-    if (digest !== undefined && !out.includes(digest)) out.push(digest);
-  }
-  return out;
-}
