@@ -19,6 +19,7 @@ import { eventually } from './helpers/eventually.ts';
 import { startOcirelay, type OcirelayProcess } from './helpers/ocirelay-process.ts';
 
 const MiB = 1024 * 1024;
+const PEER_TOKEN = 'd-reads-from-a-0123456789';
 let dir: string;
 let upstream: RegistryFixture;
 let images: PushedImages;
@@ -26,6 +27,8 @@ let a: OcirelayProcess;
 let toA: TamperProxy;
 let d: OcirelayProcess;
 let containerd: ContainerdFixture;
+/** A plain Distribution registry with Basic auth as a `kind: registry` DR vault (content under mirror/). */
+let vault: RegistryFixture;
 
 async function pullDir(from: OcirelayProcess, ref: string): Promise<string> {
   const out = await mkdtemp(path.join(dir, 'pull-'));
@@ -56,13 +59,22 @@ before(async () => {
     region: 'd',
     registries: { 'docker.io': { url: upstream.url } },
     upstream: { retries: 0, connectTimeout: '2s' },
-    peers: { a: { url: toA.url, failover: true, replicate: false } },
+    peers: { a: { url: toA.url, token: PEER_TOKEN, failover: true, replicate: false } },
   });
   containerd = await startContainerd();
+  vault = await startRegistry({ auth: 'basic' });
+  await skopeoCopy(`docker://${upstream.host}/library/single:1.0`, `docker://${vault.host}/mirror/docker.io/library/single:1.0`, {
+    srcTlsVerify: false,
+    destTlsVerify: false,
+    destCreds: vault.creds!,
+    preserveDigests: true,
+    timeoutMs: 120_000,
+  });
 });
 
 after(async () => {
   await containerd?.stop();
+  await vault?.stop();
   await d?.cleanup();
   await toA?.stop();
   await a?.cleanup();
@@ -119,6 +131,8 @@ describe('with the upstream stopped', () => {
     assert.ok((await d.metric('ocirelay_failover_reads_total', { peer: 'a', result: 'ok' })) >= 3);
     assert.ok((await d.metric('ocirelay_stale_served_total', { registry: 'docker.io', reason: 'failover' })) >= 1);
     await d.waitForLog((l) => l.msg === 'upstream unavailable: serving cached manifest stale' && l.reason === 'failover');
+    const reads = toA.requests.filter((r) => r.path.startsWith('/v2/docker.io/library/single/'));
+    assert.ok(reads.length >= 3 && reads.every((r) => r.authorization === `Bearer ${PEER_TOKEN}`), 'every failover read carried the peer token');
     for (const digest of [images.single.configDigest, ...images.single.layers.map((l) => l.digest)]) {
       await eventually(() => existsSync(blobFile(d, digest)), `D cached ${digest}`);
     }
@@ -195,6 +209,24 @@ describe('with the upstream stopped', () => {
     } finally {
       await h.cleanup();
       await g.cleanup();
+    }
+  });
+
+  test('a registry peer (kind: registry, prefix, Basic credentials) serves a region with an empty cache', async () => {
+    const v = await startOcirelay({
+      region: 'v',
+      registries: { 'docker.io': { url: upstream.url } },
+      upstream: { retries: 0 },
+      peers: { vault: { url: vault.url, kind: 'registry', prefix: 'mirror', username: vault.user, password: vault.password, failover: true, replicate: false } },
+    });
+    try {
+      const out = await pullDir(v, 'library/single:1.0');
+      assert.equal(await verifyDirCopy(out), images.single.manifestDigest);
+      assert.ok((await v.metric('ocirelay_failover_reads_total', { peer: 'vault', result: 'ok' })) >= 3);
+      assert.ok((await vault.countRequests({ method: 'GET', pathIncludes: '/v2/mirror/docker.io/library/single/blobs/', status: 200 })) >= 2);
+      for (const l of images.single.layers) await eventually(() => existsSync(blobFile(v, l.digest)), `V cached ${l.digest}`);
+    } finally {
+      await v.cleanup();
     }
   });
 
