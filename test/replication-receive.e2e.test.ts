@@ -211,6 +211,17 @@ describe('receiving pushes', { timeout: 300_000 }, () => {
     await byDigest.arrayBuffer();
     await pushImage(recv.url, 'team/race', 'latest', c, new Date(now));
     assert.equal(await tagDigest('team/race', 'latest'), c.digest);
+    // The tag history says who moved it.
+    const h = await fetch(`${recv.adminUrl}/api/v1/history?image=${REG}/team/race:latest`);
+    assert.equal(h.status, 200);
+    const history = ((await h.json()) as { history: Array<{ oldDigest: string | null; newDigest: string; source: string }> }).history;
+    assert.deepEqual(
+      history.map((e) => [e.oldDigest, e.newDigest, e.source]),
+      [
+        [null, a.digest, 'replication'],
+        [a.digest, c.digest, 'replication'],
+      ],
+    );
     const bad = await call(`${recv.url}/v2/${REG}/team/race/manifests/latest`, { method: 'PUT', headers: { ...AUTH, 'content-type': OCI_MANIFEST, 'Ocirelay-Resolved-At': 'yesterday' }, body: body(a.manifest) });
     assert.equal(bad.status, 400);
     assert.equal(await tagDigest('team/race', 'latest'), c.digest);

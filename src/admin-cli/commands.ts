@@ -416,7 +416,7 @@ const COMMANDS: Record<string, Command> = {
 
   history: {
     synopsis: ['history IMAGE | --repository REPO'],
-    summary: 'recorded changes of tag -> digest, oldest first (source: upstream, freeze, unfreeze)',
+    summary: 'recorded changes of tag -> digest, oldest first (source: upstream, freeze, unfreeze, replication)',
     options: { repository: { type: 'string' } },
     async prepare(values, positionals) {
       const query = imageOrRepository(values, positionals);

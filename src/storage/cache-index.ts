@@ -290,13 +290,17 @@ export class CacheIndex {
    * persisted at most once per PERSIST_CHECK_EVERY_MS (so the journal does not grow per check).
    */
   setTag(registry: string, name: string, tag: string, rec: TagRecord, now = Date.now()): void {
+    this.recordTag(registry, name, tag, rec, now, 'upstream');
+  }
+
+  private recordTag(registry: string, name: string, tag: string, rec: TagRecord, now: number, src: 'upstream' | 'replication'): void {
     const prev = this.tag(registry, name, tag);
     const key = `${repoKey(registry, name)}\0${tag}`;
     if (prev && prev.digest === rec.digest && prev.mediaType === rec.mediaType) {
       prev.checkedAt = Math.max(prev.checkedAt, rec.checkedAt);
       if (prev.checkedAt - (this.persistedCheck.get(key) ?? 0) < PERSIST_CHECK_EVERY_MS) return;
     } else if (!prev || prev.digest !== rec.digest) {
-      this.appendQuietly({ t: 'hist', r: registry, n: name, tag, from: prev?.digest ?? null, to: rec.digest, at: now, src: 'upstream' });
+      this.appendQuietly({ t: 'hist', r: registry, n: name, tag, from: prev?.digest ?? null, to: rec.digest, at: now, src });
     }
     this.persistedCheck.set(key, rec.checkedAt);
     this.appendQuietly({ t: 'tag', r: registry, n: name, tag, d: rec.digest, mt: rec.mediaType, at: rec.checkedAt });
@@ -310,7 +314,7 @@ export class CacheIndex {
   setTagIfNewer(registry: string, name: string, tag: string, rec: TagRecord, now = Date.now()): boolean {
     const prev = this.tag(registry, name, tag);
     if (prev && (prev.checkedAt > rec.checkedAt || (prev.checkedAt === rec.checkedAt && prev.digest >= rec.digest))) return false;
-    this.setTag(registry, name, tag, rec, now);
+    this.recordTag(registry, name, tag, rec, now, 'replication');
     return true;
   }
 

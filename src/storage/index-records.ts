@@ -22,7 +22,8 @@ export interface HistoryRecord {
   tag: string;
   oldDigest: Digest | null;
   newDigest: Digest;
-  source: 'upstream' | 'freeze' | 'unfreeze';
+  /** What moved the tag: the upstream, an admin's freeze or unfreeze, or a replication peer's push (its newer resolution). */
+  source: 'upstream' | 'freeze' | 'unfreeze' | 'replication';
 }
 
 export interface PinRecord {

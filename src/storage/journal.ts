@@ -10,7 +10,7 @@ export type JournalRecord =
   | { t: 'unmanifest'; d: Digest }
   | { t: 'tag'; r: string; n: string; tag: string; d: Digest; mt: string; at: number }
   | { t: 'untag'; r: string; n: string; tag: string }
-  | { t: 'hist'; r: string; n: string; tag: string; from: Digest | null; to: Digest; at: number; src: 'upstream' | 'freeze' | 'unfreeze' }
+  | { t: 'hist'; r: string; n: string; tag: string; from: Digest | null; to: Digest; at: number; src: 'upstream' | 'freeze' | 'unfreeze' | 'replication' }
   | { t: 'pin'; ref: string; r: string; n: string; ds: Digest[]; at: number }
   | { t: 'unpin'; ref: string }
   | { t: 'freeze'; r: string; n: string; tag: string; d: Digest; at: number }
