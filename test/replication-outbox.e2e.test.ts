@@ -157,6 +157,7 @@ describe('replication to a registry vault (sending side)', () => {
     // Every image A has cached was confirmed at the vault.
     assert.equal(p.readiness.images, 1);
     assert.equal(p.readiness.bytes, 1);
+    assert.equal(await a.metric('ocirelay_dr_readiness_ratio', { peer: 'vault' }), 1);
 
     const run = promisify(execFile);
     const json = await run(process.execPath, [BIN, 'replication', '--admin', a.adminUrl, '--json'], { timeout: 30_000 });

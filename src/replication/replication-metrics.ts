@@ -11,6 +11,8 @@ export class ReplicationMetrics {
   readonly readiness: Gauge<'peer'>;
   /** Set by the Replicator: each peer's pending jobs and lag, read at every scrape (never stale). */
   outboxes: () => Array<{ peer: string; pending: number; lagSeconds: number }> = () => [];
+  /** Set by the Replicator: each peer's DR readiness by image count, read at every scrape. */
+  readinessOf: () => Array<{ peer: string; images: number }> = () => [];
 
   private constructor(m: Metrics) {
     const registers = [m.registry];
@@ -42,9 +44,12 @@ export class ReplicationMetrics {
     });
     this.readiness = new Gauge({
       name: 'ocirelay_dr_readiness_ratio',
-      help: "Share of this region's cached images confirmed present at a peer (updated when GET /api/v1/replication is asked)",
+      help: "Share of this region's cached images confirmed present at a peer (0..1)",
       labelNames: ['peer'],
       registers,
+      collect() {
+        for (const r of self.readinessOf()) this.set({ peer: r.peer }, r.images);
+      },
     });
   }
 

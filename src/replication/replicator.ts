@@ -93,6 +93,7 @@ export class Replicator implements CacheListener {
         return { peer: st.peer.name, pending: st.outbox.pending, lagSeconds: oldest === undefined ? 0 : Math.max(0, (now - oldest) / 1000) };
       });
     };
+    this.m.readinessOf = () => this.status().peers.map((p) => ({ peer: p.name, images: p.readiness.images }));
     this.kick();
   }
 
@@ -276,7 +277,6 @@ export class Replicator implements CacheListener {
       const thereBytes = there.reduce((a, i) => a + i.size, 0);
       const images_ = images.length === 0 ? 1 : there.length / images.length;
       const bytes = totalBytes === 0 ? 1 : thereBytes / totalBytes;
-      this.m.readiness.set({ peer: st.peer.name }, images_);
       return {
         name: st.peer.name,
         kind: st.peer.kind,
