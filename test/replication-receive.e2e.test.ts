@@ -138,6 +138,9 @@ describe('receiving pushes', { timeout: 300_000 }, () => {
     // Without the token the same HEAD is a read: it asks the (stopped) upstream.
     const anon = await fetch(`${recv.url}/v2/${REG}/team/app/blobs/${sha(randomBytes(16))}`, { method: 'HEAD' });
     assert.ok(anon.status >= 500, `anonymous HEAD of an unknown blob: ${anon.status}`);
+    // So is a peer's failover read, token or not (it wants this region's upstream too).
+    const failover = await fetch(`${recv.url}/v2/${REG}/team/app/blobs/${sha(randomBytes(16))}`, { method: 'HEAD', headers: { ...AUTH, 'ocirelay-failover': '1' } });
+    assert.ok(failover.status >= 500, `failover HEAD of an unknown blob: ${failover.status}`);
     assert.equal(await recv.metric('ocirelay_replication_received_total', { peer: 'a', kind: 'blob', result: 'stored' }), 3);
     assert.equal(await recv.metric('ocirelay_replication_received_total', { peer: 'a', kind: 'tag', result: 'stored' }), 1);
   });

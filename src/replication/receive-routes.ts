@@ -105,7 +105,10 @@ export class PushReceiver {
     const method = c.req.method;
     const authorization = c.req.header('authorization');
     if (method === 'GET' || method === 'HEAD') {
-      // Reads are the pull API's, except a peer asking about this cache itself.
+      // Reads are the pull API's, except a peer asking about this cache itself. A peer's
+      // failover read (Ocirelay-Failover) carries the same token but is an ordinary read: this
+      // region's cache, then its upstream (sources/peer-http.ts).
+      if (c.req.header('ocirelay-failover') !== undefined) return undefined;
       const peer = this.auth.peerOf(authorization);
       if (peer === undefined) return undefined;
       let t: PushTarget | undefined;
