@@ -442,7 +442,7 @@ describe('receiving from the real replicator, two regions in a full mesh', { tim
 });
 
 describe('upload sessions', () => {
-  test('an abandoned upload expires and its temp file is deleted; the size cap aborts an upload', async () => {
+  test('an abandoned upload expires and its temp file is deleted; the size cap and a sender gone mid-body drop an upload', async () => {
     const tmpDir = await mkdtemp(path.join(os.tmpdir(), 'upload-sessions-'));
     const sessions = new UploadSessions({ tmpDir, maxSessions: 2, maxBytes: 1000, idleMs: 200 });
     try {
@@ -457,6 +457,13 @@ describe('upload sessions', () => {
       assert.throws(() => sessions.get(s.id, REG, 'team/app'), { code: 'BLOB_UPLOAD_UNKNOWN' });
       const big = await sessions.start(REG, 'team/app');
       await assert.rejects(sessions.append(big, Readable.from([randomBytes(600), randomBytes(600)]), undefined, undefined), { code: 'SIZE_INVALID' });
+      assert.deepEqual(await readdir(tmpDir), []);
+      // A sender that goes away mid-body: the upload is dropped with its file.
+      const cut = await sessions.start(REG, 'team/app');
+      const broken = new Readable({ read() {} });
+      broken.push(randomBytes(300));
+      setImmediate(() => broken.destroy(Object.assign(new Error('aborted'), { code: 'ECONNRESET' })));
+      await assert.rejects(sessions.append(cut, broken, 0, 1000), { code: 'SIZE_INVALID' });
       assert.deepEqual(await readdir(tmpDir), []);
       assert.equal(sessions.count, 0);
     } finally {

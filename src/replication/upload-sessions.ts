@@ -118,7 +118,9 @@ export class UploadSessions {
       // A body cut short or a failed write leaves the file in an unknown state: the whole
       // upload goes (the sender starts again), never a half-written blob.
       await this.abort(s);
-      throw this.diskTrouble(e, 'writing a pushed upload');
+      if (e instanceof RegistryError || isDiskError(e)) throw this.diskTrouble(e, 'writing a pushed upload');
+      // The sender went away mid-body (reset, premature close): an answer, not an internal error.
+      throw new RegistryError('SIZE_INVALID', `upload interrupted after ${s.size} bytes: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     } finally {
       s.busy = false;
       s.lastActive = this.now();
