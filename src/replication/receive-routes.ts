@@ -4,8 +4,6 @@
 // (a replication peer asks "do you have it", never "ask your upstream"). Every write needs one
 // of the accepted Bearer tokens. v2-routes hands each request here first; what this does not
 // take (reads without a peer token, methods it does not know) goes on to the read API.
-import type { IncomingMessage } from 'node:http';
-import { Readable } from 'node:stream';
 import type { Context } from 'hono';
 import { RegistryError } from '../errors.ts';
 import type { AppEnv } from '../http/request-context.ts';
@@ -15,8 +13,10 @@ import { parseDigest, type Digest } from '../oci/digest.ts';
 import { MAX_MANIFEST_BYTES } from '../oci/media-types.ts';
 import type { CacheIndex } from '../storage/cache-index.ts';
 import { ReceiveAuth } from './receive-auth.ts';
+import { bodyOf, contentLength, readCapped } from './receive-body.ts';
 import { ReceiveMetrics } from './receive-metrics.ts';
 import { parsePushPath, parseTime, splitName, type PushTarget } from './receive-paths.ts';
+import { PinRoutes } from './receive-pins.ts';
 import { ReceiveStore, type ReceiveStoreDeps, type Repo, type StoreResult } from './receive-store.ts';
 import { UploadSessions, rangeHeaders, type UploadSession } from './upload-sessions.ts';
 
@@ -39,60 +39,20 @@ const WRITES: ReadonlySet<string> = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 const MAX_UPLOAD_SESSIONS = 256;
 /** An upload untouched this long is abandoned: its temp file is deleted. */
 const UPLOAD_IDLE_MS = 10 * 60_000;
-/** Freeze and pin bodies are small JSON documents. */
-const MAX_JSON_BYTES = 1024 * 1024;
 
 export type ReceivedKind = 'blob' | 'mount' | 'manifest' | 'tag' | 'freeze' | 'pin' | 'upload';
 export type ReceivedResult = StoreResult | 'mounted' | 'refused' | 'digest_invalid' | 'error' | 'unauthorized' | 'denied';
 
-function bodyOf(c: Context<AppEnv>): Readable {
-  const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
-  if (incoming) return incoming;
-  const web = c.req.raw.body;
-  return web ? Readable.fromWeb(web as import('node:stream/web').ReadableStream<Uint8Array>) : Readable.from([]);
-}
-
-async function readCapped(c: Context<AppEnv>, cap: number): Promise<Buffer> {
-  const cl = Number(c.req.header('content-length'));
-  if (Number.isFinite(cl) && cl > cap) throw new RegistryError('SIZE_INVALID', `body exceeds ${cap} bytes`, { status: 413 });
-  const body = bodyOf(c);
-  const chunks: Buffer[] = [];
-  let n = 0;
-  for await (const chunk of body as AsyncIterable<Buffer>) {
-    n += chunk.length;
-    if (n > cap) {
-      body.destroy();
-      throw new RegistryError('SIZE_INVALID', `body exceeds ${cap} bytes`, { status: 413 });
-    }
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks);
-}
-
-async function readJson(c: Context<AppEnv>): Promise<Record<string, unknown>> {
-  const buf = await readCapped(c, MAX_JSON_BYTES);
-  if (buf.length === 0) return {};
-  try {
-    const v: unknown = JSON.parse(buf.toString('utf8'));
-    if (v !== null && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
-  } catch {
-    // answered below
-  }
-  throw new RegistryError('BAD_REQUEST', 'body is not a JSON object', { status: 400 });
-}
-
-function contentLength(c: Context<AppEnv>): number | undefined {
-  const v = c.req.header('content-length');
-  return v !== undefined && /^\d+$/.test(v) ? Number(v) : undefined;
-}
 
 const basePath = (r: Repo) => `/v2/${r.registry}/${r.repository}`;
 
 export class PushReceiver {
   private readonly auth: ReceiveAuth;
+  private readonly pins: PinRoutes;
 
   constructor(private readonly d: PushReceiverDeps) {
     this.auth = new ReceiveAuth(d.accept);
+    this.pins = new PinRoutes({ store: d.store, logger: d.logger, count: (peer, kind, result) => this.count(peer, kind, result) });
   }
 
   /** Shutdown: abandon uploads in progress (their temp files go). */
@@ -146,12 +106,12 @@ export class PushReceiver {
           if (method !== 'PUT') break;
           return await this.putManifest(c, peer, t);
         case 'freeze':
-          if (method === 'PUT') return await this.freeze(c, peer, t);
-          if (method === 'DELETE') return await this.unfreeze(c, peer, t);
+          if (method === 'PUT') return await this.pins.freeze(c, peer, t);
+          if (method === 'DELETE') return await this.pins.unfreeze(c, peer, t);
           break;
         case 'pin':
-          if (method === 'PUT') return await this.pin(c, peer, t);
-          if (method === 'DELETE') return await this.unpin(c, peer, t);
+          if (method === 'PUT') return await this.pins.pin(c, peer, t);
+          if (method === 'DELETE') return await this.pins.unpin(c, peer, t);
           break;
         case 'blob':
           break;
@@ -283,7 +243,7 @@ export class PushReceiver {
     return respond(c, 200, headers, undefined);
   }
 
-  // ---- manifests, freezes, pins ------------------------------------------------------
+  // ---- manifests ---------------------------------------------------------------------
 
   private async putManifest(c: Context<AppEnv>, peer: string, t: PushTarget & { kind: 'manifest' }): Promise<Response> {
     const header = c.req.header(RESOLVED_AT_HEADER);
@@ -297,66 +257,6 @@ export class PushReceiver {
     return respond(c, 201, { ...API_VERSION, Location: `${basePath(t)}/manifests/${r.digest}`, 'Docker-Content-Digest': r.digest, 'Content-Length': '0' }, undefined);
   }
 
-  private json(c: Context<AppEnv>, status: number, v: unknown): Response {
-    const body = Buffer.from(JSON.stringify(v));
-    return respond(c, status, { ...API_VERSION, 'Content-Type': 'application/json', 'Content-Length': String(body.length) }, body);
-  }
-
-  private async freeze(c: Context<AppEnv>, peer: string, t: PushTarget & { kind: 'freeze' }): Promise<Response> {
-    const b = await readJson(c);
-    const digest = typeof b.digest === 'string' ? parseDigest(b.digest) : undefined;
-    if (!digest) throw new RegistryError('DIGEST_INVALID', 'freeze needs {"digest": "sha256:...", "at": <RFC 3339>}');
-    const at = b.at === undefined ? Date.now() : parseTime(b.at);
-    if (at === undefined) throw new RegistryError('BAD_REQUEST', '"at" is not an RFC 3339 time', { status: 400 });
-    const result = await this.d.store.freeze(t, t.tag, digest, at);
-    this.count(peer, 'freeze', result);
-    this.d.logger.info({ peer, ...t, digest, result }, 'received a frozen tag');
-    return this.json(c, 200, { result, frozen: { tag: t.tag, digest } });
-  }
-
-  private async unfreeze(c: Context<AppEnv>, peer: string, t: PushTarget & { kind: 'freeze' }): Promise<Response> {
-    const b = await readJson(c);
-    const at = b.at === undefined ? undefined : parseTime(b.at);
-    if (b.at !== undefined && at === undefined) throw new RegistryError('BAD_REQUEST', '"at" is not an RFC 3339 time', { status: 400 });
-    const result = await this.d.store.unfreeze(t, t.tag, at);
-    this.count(peer, 'freeze', result);
-    this.d.logger.info({ peer, ...t, result }, 'received an unfreeze');
-    return this.json(c, 200, { result });
-  }
-
-  private pinRef(t: Repo, v: unknown): string {
-    // The pin's reference names this repository: <registry>/<repository> then :tag, @digest or #platforms.
-    const prefix = `${t.registry}/${t.repository}`;
-    if (typeof v !== 'string' || v.length > 1024 || !v.startsWith(prefix) || !/^(?:$|[:@#])/.test(v.slice(prefix.length))) {
-      throw new RegistryError('BAD_REQUEST', `"ref" must name ${prefix} (e.g. ${prefix}:tag)`, { status: 400 });
-    }
-    return v;
-  }
-
-  private async pin(c: Context<AppEnv>, peer: string, t: PushTarget & { kind: 'pin' }): Promise<Response> {
-    const b = await readJson(c);
-    const ref = this.pinRef(t, b.ref);
-    const list = Array.isArray(b.digests) ? b.digests : [];
-    const digests = list.map((x) => (typeof x === 'string' ? parseDigest(x) : undefined));
-    if (digests.length === 0 || digests.length > 100_000 || digests.some((x) => x === undefined)) {
-      throw new RegistryError('DIGEST_INVALID', 'pin needs {"ref", "digests": ["sha256:..."], "createdAt"}');
-    }
-    const createdAt = b.createdAt === undefined ? Date.now() : parseTime(b.createdAt);
-    if (createdAt === undefined) throw new RegistryError('BAD_REQUEST', '"createdAt" is not an RFC 3339 time', { status: 400 });
-    const result = await this.d.store.pin(t, ref, digests as Digest[], createdAt);
-    this.count(peer, 'pin', result);
-    this.d.logger.info({ peer, ...t, ref, digests: digests.length, result }, 'received a pin');
-    return this.json(c, 200, { result, pinned: { ref, digests } });
-  }
-
-  private async unpin(c: Context<AppEnv>, peer: string, t: PushTarget & { kind: 'pin' }): Promise<Response> {
-    const b = await readJson(c);
-    const ref = this.pinRef(t, b.ref);
-    const result = await this.d.store.unpin(t, ref);
-    this.count(peer, 'pin', result);
-    this.d.logger.info({ peer, ...t, ref, result }, 'received an unpin');
-    return this.json(c, 200, { result });
-  }
 }
 
 /** The receiver for a config: undefined without replication.accept (writes then stay 405). */
