@@ -439,6 +439,49 @@ describe('receiving from the real replicator, two regions in a full mesh', { tim
       await live.stop();
     }
   });
+
+  test('tag race: A and B resolve one tag to different digests at different times; both end with the newer, and it settles', async () => {
+    // Each region's own upstream has a different image under the same name; tagTTL 0 makes
+    // every pull resolve the tag again.
+    const [upA, upB] = [await startRegistry({ auth: 'none' }), await startRegistry({ auth: 'none' })];
+    const [portA, portB] = [await freePort(), await freePort()];
+    const [toA, toB] = ['token-into-a-0123456789', 'token-into-b-0123456789'];
+    let a: OcirelayProcess | undefined;
+    let b: OcirelayProcess | undefined;
+    try {
+      const x = await pushRandomImage(upA.url, 'team/race', 'v1', [2048]);
+      const y = await pushRandomImage(upB.url, 'team/race', 'v1', [2048]);
+      const region = (up: RegistryFixture, peer: string, port: number, peerToken: string, ownToken: string) => ({
+        registries: { [REG]: { url: up.url, tagTTL: '0s' } },
+        peers: { [peer]: { url: `http://127.0.0.1:${port}`, token: peerToken } },
+        replication: { accept: [{ name: peer, token: ownToken }] },
+        log: { level: 'info' },
+      });
+      b = await startOcirelay(region(upB, 'a', portA, toA, toB), { port: portB });
+      a = await startOcirelay(region(upA, 'b', portB, toB, toA), { port: portA });
+      // What a region holds for the tag, asked as a peer asks (its own cache only, no upstream).
+      const held = async (p: OcirelayProcess, token: string) =>
+        (await fetch(`${p.url}/v2/${REG}/team/race/manifests/v1`, { method: 'HEAD', headers: { authorization: `Bearer ${token}` } })).headers.get('docker-content-digest');
+      const [aa, bb] = [a, b];
+
+      await pullVerified(b.url, { ...y, repo: `${REG}/team/race` }); // B resolves y first ...
+      await eventually(async () => (await held(aa, toA)) === y.manifestDigest, 'y reached A', 60_000);
+      await pullVerified(a.url, { ...x, repo: `${REG}/team/race` }); // ... then A resolves x, later
+      await eventually(async () => (await held(bb, toB)) === x.manifestDigest, 'x (the newer) reached B', 60_000);
+      assert.equal(await held(a, toA), x.manifestDigest);
+      // It settles: each region took one tag from the other, and nothing bounces back and forth.
+      await sleep(1500);
+      assert.equal(await a.metric('ocirelay_replication_received_total', { kind: 'tag' }), 1);
+      assert.equal(await b.metric('ocirelay_replication_received_total', { kind: 'tag' }), 1);
+      assert.equal(await held(a, toA), x.manifestDigest);
+      assert.equal(await held(b, toB), x.manifestDigest);
+    } finally {
+      await a?.cleanup();
+      await b?.cleanup();
+      await upA.stop();
+      await upB.stop();
+    }
+  });
 });
 
 describe('upload sessions', () => {
