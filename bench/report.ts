@@ -12,7 +12,7 @@ import type { Trend } from './trend.ts';
 export type Results = Partial<Record<ScenarioId, ScenarioResult>>;
 
 export interface TargetCheck {
-  /** Issue 4's letter: a..f; g for the soak (issue 9). */
+  /** Issue 4's letter: a..f; g for the soak (issue 9); h, i: replication and failover (issue 10). */
   id: string;
   scenario: ScenarioId;
   case: string;
@@ -182,6 +182,54 @@ export function evaluateTargets(res: Results): TargetCheck[] {
   }
   const g = res.soak;
   if (g) out.push(...soakChecks(g));
+  const h = res.replication;
+  if (h) out.push(...replicationChecks(h));
+  const i = res.failover;
+  if (i) {
+    for (const c of cases(i)) out.push(ratioCheck('i', i, c, 'seconds', 'cold pull through D (upstream down, failover from peer A) / upstream direct', 'upstream', '<=', FAILOVER_RATIO));
+  }
+  return out;
+}
+
+/** h: a replication lag may exceed the loopback transfer of the same bytes by at most this. */
+export const LAG_SLACK_S = 1;
+/** i: a failover pull may take at most this times the pull straight from the upstream. */
+export const FAILOVER_RATIO = 1.2;
+
+/**
+ * h: replication lag A -> B (median over repetitions) <= 1 s + the median loopback transfer of
+ * the same bytes: the big image's lag, and the burst's p50 and p99 over its images (the limit
+ * of the burst is the transfer of all its images: the last one cannot arrive before them all).
+ */
+function replicationChecks(h: ScenarioResult): TargetCheck[] {
+  const out: TargetCheck[] = [];
+  for (const c of cases(h)) {
+    const limit = findSummary(h, c, 'upstream', 'transferS');
+    const failed = (h.failures ?? []).filter((f) => f.case === c && f.contender === 'ocirelay').length;
+    const metrics = findSummary(h, c, 'ocirelay', 'lagS') ? [['lagS', 'lag']] : [
+      ['lagP50S', 'lag p50 over the images'],
+      ['lagP99S', 'lag p99 over the images'],
+    ];
+    for (const [metric, label] of metrics as Array<[string, string]>) {
+      const s = findSummary(h, c, 'ocirelay', metric);
+      const lag = med(s);
+      const lim = med(limit);
+      const bound = lim === undefined ? undefined : LAG_SLACK_S + lim;
+      out.push({
+        id: 'h',
+        scenario: 'replication',
+        case: c,
+        measure: `replication ${label} A -> B (after the pull through A ends) vs 1 s + loopback transfer`,
+        ocirelay: cell(s, 's'),
+        reference: `loopback transfer: ${cell(limit, 's')}`,
+        value: lag,
+        valueText:
+          (lag === undefined || bound === undefined ? '—' : `${lag.toFixed(3)} s of ${bound.toFixed(3)} s`) + (failed ? ` (ocirelay failed ${failed} sample${failed > 1 ? 's' : ''})` : ''),
+        target: `<= ${LAG_SLACK_S} s + transfer`,
+        met: failed > 0 ? false : lag === undefined || bound === undefined ? undefined : lag <= bound,
+      });
+    }
+  }
   return out;
 }
 
@@ -244,6 +292,8 @@ const DETAIL_METRICS: Record<ScenarioId, string[]> = {
   'peak-rss': ['peakRss'],
   startup: ['readyzS', 'readyLogS', 'internalStartupS', 'cachedBlobs'],
   soak: ['rssBytes', 'fds', 'cpuS', 'coldPulls', 'warmGets', 'manifestGets', 'disconnects', 'errors', 'pushErrors', 'alive', 'rssLastHalfRise', 'fdsLastHalfRise'],
+  replication: ['lagS', 'lagP50S', 'lagP99S', 'lagMaxS', 'lastAtPeerS', 'pullS', 'transferS', 'senderCpuS', 'receiverCpuS', 'bytes'],
+  failover: ['seconds', 'proxyCpuS', 'peerCpuS', 'upstreamGets'],
 };
 
 function detailTable(r: ScenarioResult): string {
@@ -287,7 +337,7 @@ export function renderMarkdown(i: ReportInput): string {
   if (i.failures.length > 0) {
     out.push('## Failures', '', ...i.failures.map((f) => `- ${f.split('\n')[0]}`), '');
   }
-  out.push('## Targets (issue 4; g, the soak: issue 9)', '');
+  out.push('## Targets (issue 4; g, the soak: issue 9; h, i, replication and failover: issue 10)', '');
   out.push('| | case | measure | ocirelay | reference | ratio / value | target | result |', '| --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const t of i.targets) {
     out.push(`| ${t.id} | ${esc(t.case)} | ${esc(t.measure)} | ${esc(t.ocirelay)} | ${esc(t.reference)} | ${esc(t.valueText)} | ${esc(t.target)} | ${verdict(t.met)} |`);

@@ -12,9 +12,11 @@ import { SCENARIOS, USAGE, parseBenchArgs, type BenchOptions, type ScenarioId } 
 import { evaluateTargets, herdChart, renderMarkdown, soakChart, throughputChart, type Results } from './report.ts';
 import type { ScenarioResult } from './results-model.ts';
 import { coldPull } from './scenarios/cold-pull.ts';
+import { failover } from './scenarios/failover.ts';
 import { herd } from './scenarios/herd.ts';
 import { manifestLoad } from './scenarios/manifest-load.ts';
 import { peakRssFrom } from './scenarios/peak-rss.ts';
+import { replication } from './scenarios/replication.ts';
 import { soak } from './scenarios/soak.ts';
 import { startup } from './scenarios/startup.ts';
 import { warmThroughput } from './scenarios/warm-throughput.ts';
@@ -29,6 +31,8 @@ const RUNNERS: Record<Exclude<ScenarioId, 'peak-rss'>, (env: BenchEnv) => Promis
   'manifest-load': manifestLoad,
   startup,
   soak,
+  replication,
+  failover,
 };
 
 /** The selected scenarios in canonical order; peak-rss needs herd and warm-throughput. */
