@@ -162,6 +162,9 @@ export class JobSender {
   }
 
   private async uploadNow(st: PeerLink, repo: string, digest: Digest, size: number): Promise<void> {
+    // Another job may have finished this very upload while our HEAD was in flight (the HEAD
+    // answered 404 just before): the peer has it now, so do not send it twice.
+    if (st.blobHome.get(digest) === repo) return;
     const open = async (start: number, end: number) => {
       const f = await this.d.disk.openFile(digest, { start, end });
       if (!f) throw new Evicted(digest);
