@@ -163,8 +163,9 @@ export class JobSender {
 
   private async uploadNow(st: PeerLink, repo: string, digest: Digest, size: number): Promise<void> {
     // Another job may have finished this very upload while our HEAD was in flight (the HEAD
-    // answered 404 just before): the peer has it now, so do not send it twice.
-    if (st.blobHome.get(digest) === repo) return;
+    // answered 404 just before): ask again rather than send it twice. blobHome is only a hint
+    // (the peer may have lost the blob since), so the peer's answer decides.
+    if (st.blobHome.get(digest) === repo && (await st.client.hasBlob(repo, digest))) return;
     const open = async (start: number, end: number) => {
       const f = await this.d.disk.openFile(digest, { start, end });
       if (!f) throw new Evicted(digest);
