@@ -43,17 +43,22 @@ export interface ReplicationConfig {
 const PEER_NAME_RE = /^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$/;
 const PREFIX_RE = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$/;
 
-const peerUrl = z.string().refine(
-  (v) => {
-    try {
-      const u = new URL(v);
-      return (u.protocol === 'https:' || u.protocol === 'http:') && !u.username && !u.password && !u.search && !u.hash;
-    } catch {
-      return false;
-    }
-  },
-  { message: 'must be an http:// or https:// URL without credentials, query or fragment' },
-);
+/** An http(s) URL without credentials, query or fragment (registries and peers). */
+export function httpUrl(message: string) {
+  return z.string().refine(
+    (v) => {
+      try {
+        const u = new URL(v);
+        return (u.protocol === 'https:' || u.protocol === 'http:') && !u.username && !u.password && !u.search && !u.hash;
+      } catch {
+        return false;
+      }
+    },
+    { message },
+  );
+}
+
+const peerUrl = httpUrl('must be an http:// or https:// URL without credentials, query or fragment');
 
 const peerSchema = z
   .object({

@@ -4,7 +4,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { replicationConfig, replicationFileSchema, type ReplicationConfig } from './config-replication.ts';
+import { httpUrl, replicationConfig, replicationFileSchema, type ReplicationConfig } from './config-replication.ts';
 
 export type { PeerConfig, ReplicationConfig } from './config-replication.ts';
 
@@ -182,17 +182,7 @@ const fraction = z.union([z.string(), z.number()]).transform((v, ctx) => {
   }
   return n;
 });
-const upstreamUrl = z.string().refine(
-  (v) => {
-    try {
-      const u = new URL(v);
-      return (u.protocol === 'https:' || u.protocol === 'http:') && !u.username && !u.password && !u.search && !u.hash;
-    } catch {
-      return false;
-    }
-  },
-  { message: 'must be an http:// or https:// URL without credentials, query or fragment (put credentials in username/password)' },
-);
+const upstreamUrl = httpUrl('must be an http:// or https:// URL without credentials, query or fragment (put credentials in username/password)');
 
 const registrySchema = z
   .object({
