@@ -3,7 +3,7 @@
 //   B: receives pushes (replication.accept), its own upstream unreachable, so replication is the
 //      only way anything gets there;
 //   A: the bench's upstream, replicating to B;
-//   D: its upstream unreachable, failover reads from A, replicates nothing.
+//   D: its upstream cut (an outage), failover reads from A, replicates nothing.
 import type { BenchEnv } from './bench-env.ts';
 import type { RunningOcirelay } from './ocirelay-launcher.ts';
 import { freePort } from '../test/fixtures/ports.ts';
@@ -34,10 +34,11 @@ export async function startSource(env: BenchEnv): Promise<RunningOcirelay> {
   return env.coldOcirelay({ region: 'bench-a' });
 }
 
-export async function startFailoverRegion(env: BenchEnv, a: RunningOcirelay): Promise<RunningOcirelay> {
+/** D: failover reads from A, replicates nothing; `upstreamUrl` is cut by the caller (an outage). */
+export async function startFailoverRegion(env: BenchEnv, a: RunningOcirelay, upstreamUrl: string): Promise<RunningOcirelay> {
   return env.coldOcirelay({
     region: 'bench-d',
-    registries: { [REGISTRY]: { url: await deadUpstreamUrl(), tagTTL: '5m' } },
+    registries: { [REGISTRY]: { url: upstreamUrl, tagTTL: '5m' } },
     peers: { a: { url: a.url, failover: true, replicate: false } },
   });
 }

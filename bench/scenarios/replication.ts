@@ -44,6 +44,7 @@ export async function replication(env: BenchEnv): Promise<ScenarioResult> {
       receiverCpuS: { unit: 's', better: 'lower', description: 'CPU seconds of B over the same time' },
       transferS: { unit: 's', better: 'lower', description: 'the limit: the same bytes (manifests, configs, layers) GET from the upstream by one curl, in sequence on one keep-alive connection, bodies to /dev/null (sum of curl time_total)' },
       bytes: { unit: 'bytes', better: 'lower', description: 'bytes of the image(s): manifests, configs and layers' },
+      senderFailures: { unit: '', better: 'lower', description: "failed push attempts of A during the measurement (ocirelay_replication_failures_total; each backs the peer off for 1 s or more)" },
     },
     {
       cases: [
@@ -82,6 +83,7 @@ export async function replication(env: BenchEnv): Promise<ScenarioResult> {
           await env.warmUpProcess(a.host);
           await waitAtPeer(poll, [env.seeded.warmup]);
           await warmPageCache(files);
+          const fail0 = await replicationFailures(a.url);
           const cpuA0 = await cpuSeconds(a.pid);
           const cpuB0 = await cpuSeconds(b.pid);
           const stop = { failed: false };
@@ -100,16 +102,19 @@ export async function replication(env: BenchEnv): Promise<ScenarioResult> {
           const seen = await seenP;
           const cpuA1 = await cpuSeconds(a.pid);
           const cpuB1 = await cpuSeconds(b.pid);
+          const fail1 = await replicationFailures(a.url);
+          const failures = { senderFailures: fail1.total - fail0.total };
+          const failDetail = { senderFailuresByReason: diffCounts(fail1.byReason, fail0.byReason) };
           const lags = seen.map((s, i) => (s - (ends[i] as number)) / 1000).sort((x, y) => x - y);
           const cpu = {
             ...(cpuA0 !== undefined && cpuA1 !== undefined ? { senderCpuS: cpuA1 - cpuA0 } : {}),
             ...(cpuB0 !== undefined && cpuB1 !== undefined ? { receiverCpuS: cpuB1 - cpuB0 } : {}),
           };
-          const common = { pullS, lastAtPeerS: (Math.max(...seen) - t0) / 1000, bytes, ...cpu };
-          if (imgs.length === 1) return { values: { lagS: lags[0] as number, ...common } };
+          const common = { pullS, lastAtPeerS: (Math.max(...seen) - t0) / 1000, bytes, ...cpu, ...failures };
+          if (imgs.length === 1) return { values: { lagS: lags[0] as number, ...common }, detail: failDetail };
           return {
             values: { lagP50S: quantile(lags, 0.5), lagP99S: quantile(lags, 0.99), lagMaxS: lags[lags.length - 1] as number, ...common },
-            detail: { lagsS: lags.map((l) => Number(l.toFixed(3))) },
+            detail: { lagsS: lags.map((l) => Number(l.toFixed(3))), ...failDetail },
           };
         });
       } finally {
@@ -125,4 +130,24 @@ export async function replication(env: BenchEnv): Promise<ScenarioResult> {
 async function skopeoPull(host: string, img: SeededImage, dest: string): Promise<number> {
   await skopeoCopy(`docker://${host}/${img.repo}:${img.tag}`, `oci:${dest}:${img.tag}`, { srcTlsVerify: false, timeoutMs: 600_000 });
   return performance.now();
+}
+
+/** A's failed push attempts so far, from its /metrics (ocirelay_replication_failures_total). */
+async function replicationFailures(url: string): Promise<{ total: number; byReason: Record<string, number> }> {
+  const text = await (await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(10_000) })).text();
+  const byReason: Record<string, number> = {};
+  let total = 0;
+  for (const m of text.matchAll(/^ocirelay_replication_failures_total\{([^}]*)\} (\S+)$/gm)) {
+    const reason = /reason="([^"]*)"/.exec(m[1] ?? '')?.[1] ?? '?';
+    const v = Number(m[2]);
+    byReason[reason] = (byReason[reason] ?? 0) + v;
+    total += v;
+  }
+  return { total, byReason };
+}
+
+function diffCounts(now: Record<string, number>, before: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(now)) if (v - (before[k] ?? 0) !== 0) out[k] = v - (before[k] ?? 0);
+  return out;
 }
