@@ -196,6 +196,29 @@ test('soak targets: judged from 600 s, never met by a process that died', () => 
   assert.deepEqual(verdicts(soakResult(60, 0, 1)), [undefined, undefined, true]);
 });
 
+test('bench --smoke --scenarios replication,failover: lag next to its limit, failover pulls, judged as h and i', { timeout: 150_000 }, async () => {
+  const dir = path.join(out, 'replication');
+  const r = await runBench(['--smoke', '--scenarios', 'replication,failover', '--out-dir', dir], 120_000);
+  assert.equal(r.code, 0, `bench exited ${r.code}\n${r.stderr}`);
+  const files = await readdir(dir);
+  assert.ok(!files.some((f) => f.endsWith('-cold-pull.json')), 'issue-4 scenarios ran without being asked for');
+  for (const scenario of ['replication', 'failover']) {
+    const file = files.find((f) => new RegExp(`^\\d{4}-\\d{2}-\\d{2}-${scenario}\\.json$`).test(f));
+    assert.ok(file, `no JSON for ${scenario} in ${files.join(', ')}`);
+    const result = JSON.parse(await readFile(path.join(dir, file), 'utf8')) as ScenarioResult;
+    assert.deepEqual(result.failures, [], `${scenario}: failed samples`);
+    // Every case has its measurement and, in the same run, its reference (the limit / the upstream pull).
+    for (const c of new Set(result.samples.map((s) => s.case))) {
+      for (const who of ['ocirelay', 'upstream']) assert.ok(result.samples.some((s) => s.case === c && s.contender === who), `${scenario} ${c}: no ${who} sample`);
+    }
+    for (const s of result.samples) for (const [k, v] of Object.entries(s.values)) assert.ok(k in result.metrics && Number.isFinite(v), `${scenario}: ${k} = ${v}`);
+  }
+  const report = await readFile(path.join(dir, 'latest.md'), 'utf8');
+  for (const row of [/\| h \| 1m image \|/, /\| h \| burst of 5 images \| replication lag p99/, /\| i \| 1m image, outage just began \|/, /\| i \| 1m image, outage under way \(circuit open\) \|/]) assert.match(report, row);
+  const opts = parseBenchArgs([], '/tmp/x');
+  assert.ok(opts !== 'help' && !opts.scenarios.includes('replication') && !opts.scenarios.includes('failover'), 'replication and failover run only when named');
+});
+
 test('bench options: presets, lists and refusals', () => {
   const full = parseBenchArgs([], '/tmp/x');
   assert.ok(full !== 'help');
