@@ -80,7 +80,8 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
           proxy: config.upstream.proxy,
           minRate: { bytesPerSec: config.upstream.minRateBytesPerSec, windowMs: config.upstream.minRateWindowMs },
           timeouts: { connectMs: config.upstream.connectTimeoutMs, headersMs: config.upstream.headersTimeoutMs, idleMs: config.upstream.idleTimeoutMs },
-          retry: { attempts: config.upstream.retries },
+          // With failover peers, an upstream that refuses connections is left for them at once.
+          retry: { attempts: config.upstream.retries, unreachable: ![...config.peers.values()].some((p) => p.failover) },
           breaker: { maxFails: config.upstream.breakerMaxFails, resetMs: config.upstream.breakerResetMs },
         },
       ),

@@ -485,6 +485,23 @@ describe('retries', () => {
     assert.ok(logs.some((l) => l.includes('"level":40') && l.includes('retrying')));
   });
 
+  it('retries a refused connection, unless failover peers take over (retry.unreachable: false); 503 still retried then', async () => {
+    // A port that was just listening and is closed now: connections are refused.
+    const gone = await serve((_req, res) => send(res, 200, 'x'));
+    await gone.close();
+    const retried = makeClient(gone.url);
+    await rejectsWith(retried.client.request(GET()), 'unreachable');
+    assert.equal(retried.logs.filter((l) => l.includes('retrying')).length, 2, 'two retries by default');
+    const direct = makeClient(gone.url, { retry: { attempts: 2, baseDelayMs: 5, unreachable: false } });
+    await rejectsWith(direct.client.request(GET()), 'unreachable');
+    assert.equal(direct.logs.filter((l) => l.includes('retrying')).length, 0, 'no retry: the peers are asked at once');
+    const flaky = await serve((_req, res, n) => (n === 1 ? send(res, 503, 'busy') : send(res, 200, 'fine')));
+    const res = await makeClient(flaky.url, { retry: { attempts: 2, baseDelayMs: 5, unreachable: false } }).client.request(GET());
+    assert.equal(res.status, 200);
+    assert.equal(flaky.seen.length, 2);
+    await text(res.body);
+  });
+
   it('returns the last 502/503/504 after `attempts` extra tries; does not retry 500', async () => {
     const down = await serve((_req, res) => send(res, 504, 'gateway timeout'));
     const res = await makeClient(down.url, { retry: { attempts: 2, baseDelayMs: 1 } }).client.request(GET());

@@ -66,6 +66,12 @@ export interface UpstreamClientOptions {
     attempts?: number;
     /** Default 200, exponential with jitter. */
     baseDelayMs?: number;
+    /**
+     * Default true. False when failover peers can answer instead: a connection the upstream
+     * refused or dropped before answering goes to the peers at once rather than after the
+     * retries' backoff (5xx answers are still retried).
+     */
+    unreachable?: boolean;
   };
   breaker?: {
     /** Consecutive failures that open the circuit, default 5. */
@@ -159,6 +165,7 @@ export class RegistryClient {
   readonly #headersMs: number;
   readonly #idleMs: number;
   readonly #attempts: number;
+  readonly #retryUnreachable: boolean;
   readonly #baseDelayMs: number;
   readonly #maxRetryAfterMs: number;
   readonly #breaker: CircuitBreaker;
@@ -201,6 +208,7 @@ export class RegistryClient {
     this.#userAgent = opts.userAgent;
     this.#minRate = opts.minRate;
     this.#attempts = Math.max(0, opts.retry?.attempts ?? 2);
+    this.#retryUnreachable = opts.retry?.unreachable ?? true;
     this.#baseDelayMs = opts.retry?.baseDelayMs ?? 200;
     this.#maxRetryAfterMs = opts.maxRetryAfterMs ?? 5_000;
     this.#dispatchers = new UpstreamDispatchers({
@@ -448,6 +456,7 @@ export class RegistryClient {
         res = await this.#exchange(method, url, headers, signal, label, bulk);
       } catch (err) {
         if (!(err instanceof UpstreamError) || err.kind === 'aborted' || err.kind === 'target_refused' || budget.retriesLeft <= 0) throw err;
+        if (err.kind === 'unreachable' && !this.#retryUnreachable && isConnectFailure(err)) throw err;
         await this.#backoff(budget, label, url, err.kind, signal);
         continue;
       }
@@ -602,4 +611,13 @@ export class RegistryClient {
   ): UpstreamError {
     return new UpstreamError(kind, this.name, `upstream ${this.name}: ${what}`, opts);
   }
+}
+
+/** The connection itself failed (refused, no route, no such host): not a stale pooled socket that a retry would mend. */
+function isConnectFailure(err: Error): boolean {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'ENOTFOUND' || code === 'EAI_AGAIN') return true;
+  }
+  return false;
 }
