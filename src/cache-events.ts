@@ -6,7 +6,9 @@
 // pushed onward (full mesh, no loops).
 import type { Digest } from './oci/digest.ts';
 
-export type ContentVia = 'upstream' | 'push' | 'failover' | 'admin';
+// 'region': read from this region's shared tiers (the S3 bucket, another cluster member):
+// already in the bucket and already replicated by the member that fetched it.
+export type ContentVia = 'upstream' | 'push' | 'failover' | 'admin' | 'region';
 
 export interface ContentCommitted {
   kind: 'blob' | 'manifest';

@@ -23,6 +23,13 @@ export interface SourceChainOptions {
   upstreams: ReadonlyMap<string, ContentSource>;
   /** Peers with `failover: true`, in config order. */
   peers?: readonly PeerSource[];
+  /**
+   * This region's shared tiers, asked in order before the upstream and the peers (the S3
+   * tier, the cluster member that owns the digest or tag). They are caches, not answers: a
+   * miss or a failure of one goes on to the next, and only the upstream's answer is final.
+   * Each decides itself whether it may answer for the repository (authorization).
+   */
+  region?: readonly ContentSource[];
   mode?: FailoverMode;
   metrics: Metrics;
   logger: Logger;
@@ -104,6 +111,13 @@ export class SourceChain {
 
   private async run<T>(registry: string, what: string, op: (s: ContentSource) => Promise<T>, peers: boolean): Promise<Delivered<T>> {
     const up = this.upstream(registry);
+    for (const r of this.o.region ?? []) {
+      try {
+        return { value: await op(r), from: r };
+      } catch (e) {
+        if (!(e instanceof RegistryError && e.status === 404)) this.o.logger.warn({ registry, what, source: r.name, err: (e as Error).message }, 'region source failed; going on to the next source');
+      }
+    }
     if (this.peers.length === 0 || !peers) return { value: await op(up), from: up };
     if (this.mode === 'peers-first') {
       const got = await this.tryPeers(registry, what, op);
