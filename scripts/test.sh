@@ -17,6 +17,23 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
+# moto_server, the S3 server of the S3-tier tests (a Python package, not in Debian): the machine's
+# python3 if it has it, else a venv under .cache/ (needs PyPI).
+if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
+  venv=.cache/moto-venv
+  if [ ! -x "$venv/bin/python3" ] || ! "$venv/bin/python3" -c 'import moto.server' >/dev/null 2>&1; then
+    echo "== installing moto[server] into $venv"
+    command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || {
+      if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+      $SUDO apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-venv >/dev/null
+    }
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q 'moto[server]>=5.1,<6'
+  fi
+  export MOTO_PYTHON="$PWD/$venv/bin/python3"
+fi
+
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "== npm ci"
   npm ci --no-audit --no-fund
