@@ -5,8 +5,10 @@ import tls from 'node:tls';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { httpUrl, replicationConfig, replicationFileSchema, type ReplicationConfig } from './config-replication.ts';
+import { clusterConfig, clusterFileSchema, type ClusterConfig } from './config-cluster.ts';
 
 export type { PeerConfig, ReplicationConfig } from './config-replication.ts';
+export type { ClusterConfig } from './config-cluster.ts';
 
 export interface RegistryConfig {
   /** The key clients use (`?ns=`, path prefix), e.g. `docker.io`. Never an address to connect to. */
@@ -78,6 +80,8 @@ export interface Config {
   readonly peers: ReplicationConfig['peers'];
   readonly replication: ReplicationConfig['replication'];
   readonly failover: ReplicationConfig['failover'];
+  /** The instances of this region (one upstream fetch per region); absent: this instance is alone. */
+  readonly cluster?: ClusterConfig;
   /** ocirelay's version (package.json), sent upstream as User-Agent: ocirelay/<version>. */
   readonly version: string;
 }
@@ -245,6 +249,7 @@ const fileSchema = z
     log: z.object({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional() }).strict().optional(),
     shutdownGrace: duration.optional(),
     ...replicationFileSchema,
+    ...clusterFileSchema,
   })
   .strict();
 
@@ -378,6 +383,9 @@ export function loadConfig(src: ConfigSources = {}): Config {
     log: Object.freeze({ level: c.log?.level ?? 'info' }),
     shutdownGraceMs: c.shutdownGrace ?? 30_000,
     ...replicationConfig(c, cwd, (message) => {
+      throw new ConfigError(message);
+    }),
+    ...clusterConfig(c, cwd, c.listen?.port ?? 5000, (message) => {
       throw new ConfigError(message);
     }),
     version: packageVersion(),
