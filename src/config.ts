@@ -6,9 +6,11 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { httpUrl, replicationConfig, replicationFileSchema, type ReplicationConfig } from './config-replication.ts';
 import { clusterConfig, clusterFileSchema, type ClusterConfig } from './config-cluster.ts';
+import { storageConfig, storageFileSchema, type S3Config } from './config-s3.ts';
 
 export type { PeerConfig, ReplicationConfig } from './config-replication.ts';
 export type { ClusterConfig } from './config-cluster.ts';
+export type { S3Config } from './config-s3.ts';
 
 export interface RegistryConfig {
   /** The key clients use (`?ns=`, path prefix), e.g. `docker.io`. Never an address to connect to. */
@@ -82,6 +84,8 @@ export interface Config {
   readonly failover: ReplicationConfig['failover'];
   /** The instances of this region (one upstream fetch per region); absent: this instance is alone. */
   readonly cluster?: ClusterConfig;
+  /** Shared tiers behind the local disk: `s3`, the region's bucket (absent: none). */
+  readonly storage: { readonly s3?: S3Config };
   /** ocirelay's version (package.json), sent upstream as User-Agent: ocirelay/<version>. */
   readonly version: string;
 }
@@ -250,6 +254,7 @@ const fileSchema = z
     shutdownGrace: duration.optional(),
     ...replicationFileSchema,
     ...clusterFileSchema,
+    ...storageFileSchema(parseSize, parseDuration),
   })
   .strict();
 
@@ -386,6 +391,9 @@ export function loadConfig(src: ConfigSources = {}): Config {
       throw new ConfigError(message);
     }),
     ...clusterConfig(c, cwd, c.listen?.port ?? 5000, (message) => {
+      throw new ConfigError(message);
+    }),
+    ...storageConfig(c, (message) => {
       throw new ConfigError(message);
     }),
     version: packageVersion(),
