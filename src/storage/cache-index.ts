@@ -45,6 +45,8 @@ export class CacheIndex {
   journalFailures = 0;
   /** Called on each failed journal write (the metrics counter). */
   onJournalFailure: () => void = () => undefined;
+  /** Called when a repository is newly linked to a digest (the region's shared metadata writes it to the bucket). */
+  onLinked: (registry: string, name: string, digest: Digest) => void = () => undefined;
 
   constructor(
     private readonly layout: CacheLayout,
@@ -215,7 +217,9 @@ export class CacheIndex {
   }
 
   link(registry: string, name: string, digest: Digest): void {
-    if (!this.isLinked(registry, name, digest)) this.appendQuietly({ t: 'link', r: registry, n: name, d: digest });
+    if (this.isLinked(registry, name, digest)) return;
+    this.appendQuietly({ t: 'link', r: registry, n: name, d: digest });
+    this.onLinked(registry, name, digest);
   }
 
   unlink(registry: string, name: string, digest?: Digest): Promise<void> {
@@ -340,6 +344,16 @@ export class CacheIndex {
 
   frozenTagsOf(registry: string, name: string): Array<[string, FreezeRecord]> {
     return [...(this.freezes.get(repoKey(registry, name)) ?? new Map<string, FreezeRecord>()).entries()];
+  }
+
+  /** Every frozen tag (the region's shared metadata syncs them with the bucket). */
+  allFreezes(): Array<{ registry: string; repository: string; tag: string; rec: FreezeRecord }> {
+    const out: Array<{ registry: string; repository: string; tag: string; rec: FreezeRecord }> = [];
+    for (const [key, m] of this.freezes) {
+      const [registry, repository] = splitKey(key);
+      for (const [tag, rec] of m) out.push({ registry, repository, tag, rec });
+    }
+    return out;
   }
 
   /** Resolves once written; rejects when the journal write failed (the freeze would not survive a restart). */
