@@ -11,6 +11,7 @@ import type { ImageRef, RepoRef } from './image-ref.ts';
 import type { ImagePuller } from './image-puller.ts';
 import type { Digest } from '../oci/digest.ts';
 import type { CacheEvents } from '../cache-events.ts';
+import type { BucketPurgeResult, PurgedFromCache } from '../s3/shared-metadata.ts';
 
 export interface CachedImage {
   registry: string;
@@ -38,6 +39,8 @@ export interface CacheAdminDeps {
   memoryBytes: number;
   /** Pins and freezes are announced here (replication sends them to ocirelay peers). */
   events?: CacheEvents;
+  /** The region's bucket (storage.s3): a purge removes its records and unneeded content there too. */
+  region?: { purged(p: PurgedFromCache, stillNeeded: (d: Digest) => boolean): Promise<BucketPurgeResult> };
 }
 
 const iso = (ms: number | undefined) => (ms === undefined ? null : new Date(ms).toISOString());
@@ -211,10 +214,15 @@ export class CacheAdmin {
   }
 
   /** Remove an image (or, with `repo`, a whole repository) and content nothing else references. */
-  async purge(target: { image?: ImageRef; repo?: RepoRef }, force: boolean): Promise<{ removedManifests: number; removedBlobs: number; freedBytes: number }> {
+  async purge(
+    target: { image?: ImageRef; repo?: RepoRef },
+    force: boolean,
+  ): Promise<{ removedManifests: number; removedBlobs: number; freedBytes: number; bucket?: BucketPurgeResult }> {
     const { index } = this.d;
     const registry = (target.image ?? target.repo)!.registry;
     const repository = (target.image ?? target.repo)!.repository;
+    // What goes, for the region's bucket.
+    const gone: PurgedFromCache = { registry, repository, tags: [], unfrozenTags: [], unpinnedRefs: [], digests: [] };
     let digests: Digest[];
     if (target.image) {
       const root = this.resolve(target.image);
@@ -224,18 +232,38 @@ export class CacheAdmin {
         throw new RegistryError('DENIED', `${target.image.canonical} is pinned: unpin it first, or purge with force`);
       }
       for (const [tag, rec] of index.tagRecordsOf(registry, repository)) {
-        if ((target.image.tag && tag === target.image.tag) || (!target.image.tag && rec.digest === root)) await index.untag(registry, repository, tag);
+        if ((target.image.tag && tag === target.image.tag) || (!target.image.tag && rec.digest === root)) {
+          await index.untag(registry, repository, tag);
+          gone.tags.push(tag);
+        }
       }
-      if (target.image.tag && index.frozen(registry, repository, target.image.tag)) await index.unfreeze(registry, repository, target.image.tag);
+      if (target.image.tag && index.frozen(registry, repository, target.image.tag)) {
+        await index.unfreeze(registry, repository, target.image.tag);
+        gone.unfrozenTags.push(target.image.tag);
+      }
     } else {
       digests = index.linksOf(registry, repository);
       if (digests.length === 0 && index.tagsOf(registry, repository).length === 0) throw new RegistryError('NAME_UNKNOWN', `${target.repo!.canonical} is not cached`);
       // Without force, pinned images of the repository stay, tags included.
       const pinnedRoot = (d: Digest) => !force && this.closure(d).some((x) => index.isPinned(x));
-      for (const [tag, rec] of index.tagRecordsOf(registry, repository)) if (!pinnedRoot(rec.digest)) await index.untag(registry, repository, tag);
-      for (const [tag, f] of index.frozenTagsOf(registry, repository)) if (!pinnedRoot(f.digest)) await index.unfreeze(registry, repository, tag);
+      for (const [tag, rec] of index.tagRecordsOf(registry, repository)) {
+        if (pinnedRoot(rec.digest)) continue;
+        await index.untag(registry, repository, tag);
+        gone.tags.push(tag);
+      }
+      for (const [tag, f] of index.frozenTagsOf(registry, repository)) {
+        if (pinnedRoot(f.digest)) continue;
+        await index.unfreeze(registry, repository, tag);
+        gone.unfrozenTags.push(tag);
+      }
     }
-    if (force) for (const p of index.pinsOf(registry, repository)) if (!target.image || p.digests.includes(digests[0]!)) await index.unpin(p.ref);
+    if (force) {
+      for (const p of index.pinsOf(registry, repository)) {
+        if (target.image && !p.digests.includes(digests[0]!)) continue;
+        await index.unpin(p.ref);
+        gone.unpinnedRefs.push(p.ref);
+      }
+    }
     // Content that other images of the same repository still use stays.
     const keep = new Set<Digest>();
     if (target.image) {
@@ -248,6 +276,7 @@ export class CacheAdmin {
     for (const d of digests) {
       if (index.isPinned(d) || keep.has(d)) continue;
       await index.unlink(registry, repository, d);
+      gone.digests.push(d);
       if (index.linkedElsewhere(d, registry, repository)) continue;
       if (!this.d.disk.has(d)) {
         index.forgetManifest(d);
@@ -260,7 +289,9 @@ export class CacheAdmin {
       else removedBlobs++;
     }
     if (target.repo && (force || index.pinsOf(registry, repository).length === 0)) await index.unlink(registry, repository);
-    return { removedManifests, removedBlobs, freedBytes };
+    // Content another repository links here, or a pin keeps, stays in the bucket too.
+    const bucket = await this.d.region?.purged(gone, (d) => index.isPinned(d) || index.linkedElsewhere(d, registry, repository));
+    return { removedManifests, removedBlobs, freedBytes, ...(bucket ? { bucket } : {}) };
   }
 
   history(target: { image?: ImageRef; repo?: RepoRef }): Array<Omit<HistoryRecord, 'time'> & { time: string }> {

@@ -39,6 +39,8 @@ export interface SharedMetadataOptions {
   syncIntervalMs?: number;
   queueLimit?: number;
   minBackoffMs?: number;
+  /** A digest the region's tiers are about to serve (a positive link answer): the access log's input. */
+  onRegionRead?: (digest: Digest) => void;
 }
 
 /** What an admin purge removed from the local cache (CacheAdmin.purge), to remove from the bucket too. */
@@ -101,6 +103,7 @@ export class SharedMetadata implements RegionIndex, CacheListener {
     const cached = this.links.get(key);
     if (cached !== undefined) {
       this.metrics.metadataReads.inc({ kind: 'link', result: 'cached' });
+      if (cached) this.o.onRegionRead?.(digest);
       return cached;
     }
     if (Date.now() < this.readsDownUntil) {
@@ -111,6 +114,7 @@ export class SharedMetadata implements RegionIndex, CacheListener {
       const linked = (await this.bucket.head(key)) !== undefined;
       this.links.set(key, linked, linked ? {} : { ttl: this.o.negativeTtlMs ?? 2_000 });
       this.metrics.metadataReads.inc({ kind: 'link', result: linked ? 'hit' : 'miss' });
+      if (linked) this.o.onRegionRead?.(digest);
       return linked;
     } catch (e) {
       this.readFailed(e, 'link');
@@ -156,7 +160,10 @@ export class SharedMetadata implements RegionIndex, CacheListener {
 
   contentCommitted(e: ContentCommitted): void {
     // Content read from the region's tiers was authorised through the region already.
-    if (e.via === 'region') return;
+    if (e.via === 'region') {
+      this.o.onRegionRead?.(e.digest);
+      return;
+    }
     this.linked(e.registry, e.repository, e.digest);
   }
 
