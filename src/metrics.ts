@@ -4,7 +4,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 
 export type CacheResult = 'hit' | 'miss' | 'coalesced' | 'stale' | 'bypass' | 'error';
 export type ObjectKind = 'manifest' | 'blob' | 'tags' | 'referrers';
-export type ByteSource = 'memory' | 'disk' | 'upstream' | 'fill';
+export type ByteSource = 'memory' | 'disk' | 'upstream' | 'fill' | 's3';
 
 export class Metrics {
   readonly registry = new Registry();
@@ -166,6 +166,36 @@ export class Metrics {
   readonly cacheBudgetBytes = new Gauge({
     name: 'ocirelay_cache_budget_bytes',
     help: 'The disk cache budget (cache.maxBytes)',
+    registers: [this.registry],
+  });
+
+  // The S3 tier (issue 11): write-behind and bucket health.
+  readonly s3Up = new Gauge({
+    name: 'ocirelay_s3_up',
+    help: "1 while the region's S3 bucket answers; 0 while it is down (pulls go on from disk and upstream)",
+    registers: [this.registry],
+  });
+  readonly s3PendingBytes = new Gauge({
+    name: 'ocirelay_s3_pending_bytes',
+    help: 'Bytes of committed content waiting for the S3 write-behind',
+    registers: [this.registry],
+  });
+  readonly s3Writes = new Counter({
+    name: 'ocirelay_s3_writes_total',
+    help: 'S3 write-behind results: created, or exists (another instance wrote it first)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly s3WriteFailures = new Counter({
+    name: 'ocirelay_s3_write_failures_total',
+    help: 'S3 write-behind failures (an S3 failure is retried; queue_full, gone and gave_up drop the write)',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly s3Reads = new Counter({
+    name: 'ocirelay_s3_reads_total',
+    help: 'Reads of the S3 tier by result (hit, miss, unauthorized, down, error)',
+    labelNames: ['kind', 'result'] as const,
     registers: [this.registry],
   });
 
