@@ -21,6 +21,8 @@ export interface V2Deps {
   metrics: Metrics;
   /** Replication pushes (only with replication.accept): it answers what is its own first. */
   receive?: PushReceiver | undefined;
+  /** With `cluster:`: whether an Ocirelay-Cluster-Token header is the cluster's token (a member's read). */
+  isMember?: ((header: string | undefined) => boolean) | undefined;
 }
 
 const API_VERSION = { 'Docker-Distribution-API-Version': 'registry/2.0' };
@@ -64,6 +66,9 @@ export function v2Routes(d: V2Deps): Hono<AppEnv> {
     info.kind = route.kind;
     info.registry = route.registry;
     info.repository = route.repository;
+    // Another member of this cluster reads what it does not own from here: answered without
+    // asking the region's shared tiers (no loops). A wrong token is just a client request.
+    const forMember = (route.kind === 'manifests' || route.kind === 'blobs') && (d.isMember?.(c.req.header('ocirelay-cluster-token')) ?? false);
     const kindLabel = route.kind === 'tags' ? 'tags' : route.kind === 'referrers' ? 'referrers' : route.kind === 'blobs' ? 'blob' : 'manifest';
 
     switch (route.kind) {
@@ -75,6 +80,7 @@ export function v2Routes(d: V2Deps): Hono<AppEnv> {
           accept: parseAccept(c.req.raw.headers.get('accept')),
           // A peer region's failover read: not passed on to this region's peers (no loops).
           forPeer: c.req.header('ocirelay-failover') !== undefined,
+          forMember,
         });
         info.cache = m.cache;
         info.source = m.cache === 'miss' ? 'upstream' : 'cache';
@@ -88,6 +94,8 @@ export function v2Routes(d: V2Deps): Hono<AppEnv> {
             'Content-Length': String(m.body.length),
             'Docker-Content-Digest': m.digest,
             ETag: `"${m.digest}"`,
+            // A member keeps the tag's resolution time, so the region revalidates it once per TTL.
+            ...(forMember && m.resolvedAt !== undefined ? { 'Ocirelay-Resolved-At': new Date(m.resolvedAt).toISOString() } : {}),
           },
           m.body,
           (n) => d.metrics.bytesServed.inc({ source: m.cache === 'miss' ? 'upstream' : 'memory' }, n),
@@ -102,6 +110,7 @@ export function v2Routes(d: V2Deps): Hono<AppEnv> {
           method,
           range: usableRange(c.req.header('range')),
           forPeer: c.req.header('ocirelay-failover') !== undefined,
+          forMember,
         });
         info.cache = b.cache;
         info.source = b.source;

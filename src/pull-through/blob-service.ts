@@ -23,7 +23,7 @@ import type { Evictor } from '../storage/evictor.ts';
 import { FillError, NoRoomError, type BlobFill, type FillSource } from './blob-fill.ts';
 import type { BlobFills } from './blob-fills.ts';
 import { verifiedStream } from './verified-stream.ts';
-import { SourceChain } from '../sources/source-chain.ts';
+import { SourceChain, scopeOf } from '../sources/source-chain.ts';
 import type { BlobHead, ContentSource } from '../sources/content-source.ts';
 import type { NegativeCache } from './negative-cache.ts';
 import type { CacheEvents } from '../cache-events.ts';
@@ -45,6 +45,13 @@ export interface BlobRequest {
    * the upstream only, never from this region's own peers (no loops between regions).
    */
   forPeer?: boolean;
+  /**
+   * Another member of this instance's cluster asks (it sent the cluster token): answered from
+   * this cache, a fill, the upstream or the peers, never from the region's shared tiers (the
+   * member asked is the digest's owner: it fetches, and two members that disagree about
+   * ownership do not ask each other in a loop).
+   */
+  forMember?: boolean;
 }
 
 export interface BlobResponse {
@@ -54,7 +61,7 @@ export interface BlobResponse {
   body?: Readable;
   /** A committed file or an in-flight fill: sent by the caller with sendTo (or toReadable). */
   file?: BodySource;
-  source: 'memory' | 'disk' | 'fill' | 'upstream';
+  source: 'memory' | 'disk' | 'fill' | 'upstream' | 's3';
   cache: CacheResult;
 }
 
@@ -75,6 +82,12 @@ export interface BlobServiceDeps {
   negative?: NegativeCache;
   /** Told of every committed blob (replication outbox), awaited before the commit is acknowledged. */
   events?: CacheEvents;
+  /**
+   * A byte range of a blob from the region's S3 bucket (S3Source.openRange), for a ranged GET
+   * that misses locally: answered straight from S3 while the whole blob is promoted in the
+   * background through a normal, verified fill. Undefined when the bucket cannot answer it.
+   */
+  regionRange?: (req: BlobRequest) => Promise<{ body: Readable; range: ByteRange; size: number } | undefined>;
 }
 
 const OCTET = 'application/octet-stream';
@@ -149,6 +162,17 @@ export class BlobService {
     // A blob the upstream recently said it lacks: 404 without a fill (and its log line).
     this.d.negative?.check(req.registry, req.repository, 'blob', req.digest);
     if (req.method === 'HEAD') return this.headUpstream(req);
+    // A range the bucket has: a partial answer straight from S3 (an object the write-behind
+    // wrote from a verified, committed file; a range is partial by definition, and a range
+    // covering the whole blob is not taken here), the whole blob promoted through a fill.
+    if (req.range !== undefined && this.d.regionRange && req.forMember !== true && !fills.get(req.digest)) {
+      const part = await this.d.regionRange(req);
+      if (part) {
+        this.promote(req);
+        const { status, headers } = headersFor(req.digest, part.size, part.range);
+        return { status, headers, body: part.body, source: 's3', cache: 'miss' };
+      }
+    }
     if (!this.d.health.writable && !fills.get(req.digest)) return this.streamThrough(req);
 
     const origin = `${req.registry}/${req.repository}`;
@@ -198,6 +222,17 @@ export class BlobService {
     return this.serveFill(req, fill, joined);
   }
 
+  /** Fills the whole blob in the background (no client reads it: a fill runs on without readers). */
+  private promote(req: BlobRequest): void {
+    if (!this.d.health.writable || this.d.fills.get(req.digest)) return;
+    void this.get({ ...req, range: undefined, method: 'GET' })
+      .then(async (r) => {
+        r.body?.destroy();
+        await r.file?.release();
+      })
+      .catch((err: unknown) => this.d.logger.warn({ digest: req.digest, err: (err as Error).message }, 'promoting a blob from S3 failed'));
+  }
+
   /** Tell the listeners (replication) of a committed blob; their failure is logged, the blob stays committed. */
   private async announce(req: BlobRequest, size: number, from: ContentSource | undefined): Promise<void> {
     try {
@@ -240,7 +275,7 @@ export class BlobService {
   private async open(req: BlobRequest, signal: AbortSignal): Promise<{ value: FillSource; from: ContentSource }> {
     const ref = { registry: req.registry, repository: req.repository, digest: req.digest };
     try {
-      const got = await this.sources.openBlob(ref, signal, req.expectedSize, req.forPeer !== true);
+      const got = await this.sources.openBlob(ref, signal, req.expectedSize, scopeOf(req));
       this.d.negative?.forget(req.registry, req.repository, 'blob', req.digest);
       return got;
     } catch (e) {
@@ -281,7 +316,7 @@ export class BlobService {
     this.d.negative?.check(req.registry, req.repository, 'blob', req.digest);
     let head: BlobHead;
     try {
-      head = (await this.sources.headBlob({ registry: req.registry, repository: req.repository, digest: req.digest }, req.forPeer !== true)).value;
+      head = (await this.sources.headBlob({ registry: req.registry, repository: req.repository, digest: req.digest }, scopeOf(req))).value;
     } catch (e) {
       throw this.notFound(req, e);
     }

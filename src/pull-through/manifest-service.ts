@@ -17,7 +17,7 @@ import type { Evictor } from '../storage/evictor.ts';
 import type { MemoryCache } from '../storage/memory-cache.ts';
 import type { RegistryClient } from '../upstream/registry-client.ts';
 import { isOutage } from './upstream-errors.ts';
-import { SourceChain } from '../sources/source-chain.ts';
+import { SourceChain, scopeOf } from '../sources/source-chain.ts';
 import type { ContentSource, ManifestHead, RawManifest } from '../sources/content-source.ts';
 import type { ContentVia } from '../cache-events.ts';
 import type { NegativeCache } from './negative-cache.ts';
@@ -31,6 +31,8 @@ export interface ManifestRequest {
   accept: string[];
   /** A peer region's failover read: answered from this cache and the upstream only (no loops between regions). */
   forPeer?: boolean;
+  /** A cluster member's read (cluster token): not passed to the region's shared tiers (BlobRequest.forMember). */
+  forMember?: boolean;
 }
 
 export interface ManifestResponse {
@@ -38,6 +40,8 @@ export interface ManifestResponse {
   mediaType: string;
   body: Buffer;
   cache: CacheResult;
+  /** By tag: when the tag's digest was last confirmed upstream (sent to cluster members as Ocirelay-Resolved-At). */
+  resolvedAt?: number;
 }
 
 export interface ManifestServiceDeps {
@@ -66,6 +70,8 @@ interface Fetched {
   body: Buffer;
   /** Which kind of source answered ('failover': a peer). */
   via: ContentVia;
+  /** By tag: the resolution time recorded for it. */
+  resolvedAt?: number;
 }
 
 /** A manifest a source sent, verified and parsed. */
@@ -183,15 +189,18 @@ export class ManifestService {
     if (!rec || !body) return this.answer(req, await this.fetch(req));
     const acceptable = accepts(req.accept, rec.mediaType);
     const fresh = this.now() - rec.checkedAt < this.d.tagTtlMs(req.registry);
-    if (fresh && acceptable) return { digest: rec.digest, mediaType: rec.mediaType, body, cache: 'hit' };
+    if (fresh && acceptable) return { digest: rec.digest, mediaType: rec.mediaType, body, cache: 'hit', resolvedAt: rec.checkedAt };
 
-    const served = { digest: rec.digest, mediaType: rec.mediaType, body };
+    const served = { digest: rec.digest, mediaType: rec.mediaType, body, resolvedAt: rec.checkedAt };
     try {
       if (acceptable) {
-        const head = await this.headUpstream(req);
+        const { value: head, from } = await this.revalidate(req);
         if (head.status === 200 && head.digest === rec.digest) {
-          index.setTag(req.registry, req.repository, req.reference, { ...rec, checkedAt: this.now() });
-          return { ...served, cache: 'hit' };
+          // The tag's owner in the cluster confirmed it from its cache: its resolution time is
+          // kept, so the region's TTL runs from the one upstream HEAD (one per TTL per region).
+          const checkedAt = from.via === 'region' && head.resolvedAt !== undefined ? Math.min(head.resolvedAt, this.now()) : this.now();
+          index.setTag(req.registry, req.repository, req.reference, { ...rec, checkedAt });
+          return { ...served, cache: 'hit', resolvedAt: checkedAt };
         }
         if (head.status !== 200 && head.status !== 404 && isOutage(undefined, head.status)) {
           this.stale(req, head.status === 429 ? 'rate_limited' : `http_${head.status}`);
@@ -230,19 +239,22 @@ export class ManifestService {
     return e;
   }
 
-  /** The upstream's HEAD for a tag's revalidation (only the upstream can confirm a tag). */
-  private async headUpstream(req: ManifestRequest): Promise<ManifestHead> {
+  /**
+   * A tag's revalidation: the upstream's HEAD, or the tag's owner in the cluster, which answers
+   * from its cache within its tagTTL (only the upstream, or a member that asked it, can confirm a tag).
+   */
+  private async revalidate(req: ManifestRequest): Promise<{ value: ManifestHead; from: ContentSource }> {
     this.d.negative?.check(req.registry, req.repository, 'manifest', req.reference);
-    const head = await this.sources.upstream(req.registry).headManifest(req, req.accept);
+    const { value: head, from } = await this.sources.revalidateTag(req, req.accept, scopeOf(req));
     if (head.status === 200) this.d.negative?.forget(req.registry, req.repository, 'manifest', req.reference);
-    return { ...head, error: async () => this.notFound(req, await head.error()) };
+    return { value: { ...head, error: async () => this.notFound(req, await head.error()) }, from };
   }
 
   /** This repository may read the manifest: a source answers a HEAD under it with 200. */
   private async confirm(req: ManifestRequest): Promise<void> {
     this.d.negative?.check(req.registry, req.repository, 'manifest', req.reference);
     try {
-      await this.sources.confirmManifest(req, req.accept, req.forPeer !== true);
+      await this.sources.confirmManifest(req, req.accept, scopeOf(req));
     } catch (e) {
       throw e instanceof RegistryError ? this.notFound(req, e) : e;
     }
@@ -288,7 +300,7 @@ export class ManifestService {
     this.d.negative?.check(req.registry, req.repository, 'manifest', req.reference);
     let got;
     try {
-      got = await this.sources.getManifest(req, req.accept, (raw, from) => this.check(req, raw, from), req.forPeer !== true);
+      got = await this.sources.getManifest(req, req.accept, (raw, from) => this.check(req, raw, from), scopeOf(req));
     } catch (e) {
       throw e instanceof RegistryError ? this.notFound(req, e) : e;
     }
@@ -330,7 +342,8 @@ export class ManifestService {
       const prev = index.tag(req.registry, req.repository, req.reference);
       // A peer's answer is not the upstream's confirmation: recorded with the time the peer
       // resolved the tag (0 when it does not say), so it is revalidated once the upstream is back.
-      const resolvedAt = via === 'failover' ? (raw.resolvedAt ?? 0) : this.now();
+      // A cluster member's answer carries the time the tag was confirmed upstream (its owner's).
+      const resolvedAt = via === 'failover' ? (raw.resolvedAt ?? 0) : via === 'region' ? Math.min(raw.resolvedAt ?? this.now(), this.now()) : this.now();
       index.setTag(req.registry, req.repository, req.reference, { digest, mediaType, checkedAt: resolvedAt });
       if (prev && prev.digest !== digest) {
         this.d.logger.info({ registry: req.registry, repository: req.repository, tag: req.reference, from: prev.digest, to: digest }, 'tag moved');
@@ -343,6 +356,7 @@ export class ManifestService {
         );
       }
     }
-    return { digest, mediaType, body, via };
+    const resolvedAt = isDigest(req.reference) ? undefined : index.tag(req.registry, req.repository, req.reference)?.checkedAt;
+    return { digest, mediaType, body, via, ...(resolvedAt !== undefined ? { resolvedAt } : {}) };
   }
 }

@@ -40,6 +40,8 @@ export interface RawManifest {
 export interface ManifestHead {
   status: number;
   digest: string | undefined;
+  /** When the source says the tag was resolved (a cluster member's Ocirelay-Resolved-At), ms since epoch. */
+  resolvedAt?: number;
   /** The OCI error for a non-200 status (reads and discards what is left of the answer). */
   error(): Promise<RegistryError>;
 }

@@ -20,19 +20,28 @@ export interface PeerHttpOptions {
   idleMs: number;
   minRate?: MinRate;
   userAgent?: string;
+  /**
+   * The headers every request carries instead of a failover read's (`Authorization: Bearer
+   * <token>` and Ocirelay-Failover): a cluster member's read sends its cluster token instead.
+   */
+  headers?: Readonly<Record<string, string>>;
+  /** Names the transport in errors and logs (default `peer:<name>`). */
+  label?: string;
 }
 
 export class PeerHttp implements Transport {
   readonly #base: URL;
   readonly #label: string;
-  readonly #auth: string | undefined;
+  readonly #fixed: Readonly<Record<string, string>>;
   readonly #agent: InstanceType<typeof Agent>;
   readonly #o: PeerHttpOptions;
 
-  constructor(peer: PeerConfig, o: PeerHttpOptions) {
+  constructor(peer: Pick<PeerConfig, 'name' | 'url' | 'token'>, o: PeerHttpOptions) {
     this.#base = new URL(peer.url);
-    this.#label = `peer:${peer.name}`;
-    this.#auth = peer.token !== undefined ? `Bearer ${peer.token}` : undefined;
+    this.#label = o.label ?? `peer:${peer.name}`;
+    // A failover read tells the peer so: it answers from its cache and its upstream, never
+    // from its own peers (regions that are each other's failover would loop).
+    this.#fixed = o.headers ?? { 'ocirelay-failover': '1', ...(peer.token !== undefined ? { authorization: `Bearer ${peer.token}` } : {}) };
     this.#o = o;
     this.#agent = new Agent({ connect: { timeout: o.connectMs }, headersTimeout: o.headersMs, bodyTimeout: o.idleMs, connections: 64 });
   }
@@ -42,11 +51,7 @@ export class PeerHttp implements Transport {
     const url = new URL(`${this.#base.origin}${prefix}${req.path}`);
     // Dot segments would otherwise walk out of /v2/ on the peer.
     if (!req.path.startsWith('/v2/') || !url.pathname.startsWith(`${prefix}/v2/`)) throw new TypeError(`${this.#label}: path escapes /v2/`);
-    const headers = requestHeaders(req.headers);
-    if (this.#auth !== undefined) headers.authorization = this.#auth;
-    // Tells the peer this is a failover read: it answers from its cache and its upstream, never
-    // from its own peers (regions that are each other's failover would loop).
-    headers['ocirelay-failover'] = '1';
+    const headers = { ...requestHeaders(req.headers), ...this.#fixed };
     if (this.#o.userAgent !== undefined) headers['user-agent'] = this.#o.userAgent;
     // Covers the wait for a pooled connection too (undici's headersTimeout starts once sent).
     const deadlineMs = this.#o.connectMs + this.#o.headersMs;

@@ -32,6 +32,12 @@ export function contentLength(res: UpstreamResponse): number | undefined {
   return cl !== undefined && /^\d+$/.test(cl) ? Number(cl) : undefined;
 }
 
+/** An ocirelay source's Ocirelay-Resolved-At (when it resolved the tag), ms since epoch. */
+function resolvedAtOf(res: UpstreamResponse): number | undefined {
+  const t = Date.parse(res.headers['ocirelay-resolved-at'] ?? '');
+  return Number.isFinite(t) ? t : undefined;
+}
+
 async function readCapped(res: UpstreamResponse, cap: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let n = 0;
@@ -83,19 +89,25 @@ export class RegistrySource implements ContentSource {
       throw new RegistryError('MANIFEST_INVALID', `manifest of ${cl} bytes exceeds the ${MAX_MANIFEST_BYTES}-byte limit`, { status: 502 });
     }
     const body = await readCapped(res, MAX_MANIFEST_BYTES);
-    const resolvedAt = Date.parse(res.headers['ocirelay-resolved-at'] ?? '');
+    const resolvedAt = resolvedAtOf(res);
     return {
       body,
       contentType: res.headers['content-type'],
       claimedDigest: res.headers['docker-content-digest'],
-      ...(Number.isFinite(resolvedAt) ? { resolvedAt } : {}),
+      ...(resolvedAt !== undefined ? { resolvedAt } : {}),
     };
   }
 
   async headManifest(ref: ManifestRef, accept: readonly string[]): Promise<ManifestHead> {
     const res = await this.send(ref, { method: 'HEAD', kind: 'manifests', reference: ref.reference, accept });
     res.body.destroy();
-    return { status: res.status, digest: res.headers['docker-content-digest'], error: () => this.answerError(res, 'MANIFEST_UNKNOWN') };
+    const resolvedAt = resolvedAtOf(res);
+    return {
+      status: res.status,
+      digest: res.headers['docker-content-digest'],
+      ...(resolvedAt !== undefined ? { resolvedAt } : {}),
+      error: () => this.answerError(res, 'MANIFEST_UNKNOWN'),
+    };
   }
 
   private async send(

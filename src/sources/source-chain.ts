@@ -36,6 +36,23 @@ export interface SourceChainOptions {
   now?: () => number;
 }
 
+/** Which sources a request may use besides the upstream. */
+export interface ChainScope {
+  /** False for a peer region's failover read: this region's peers are not asked (no loops between regions). */
+  peers?: boolean;
+  /**
+   * False for a cluster member's read (it carried the cluster token): the region sources are
+   * not asked, so two members that disagree about who owns a digest never ask each other in
+   * a loop; the member asked is the one that fetches.
+   */
+  region?: boolean;
+}
+
+/** The sources a request may use: no peers for a peer's failover read, no region tiers for a cluster member's read. */
+export function scopeOf(req: { forPeer?: boolean; forMember?: boolean }): ChainScope {
+  return { peers: req.forPeer !== true, region: req.forMember !== true };
+}
+
 /** What a source delivered, and which source it was (its `via` goes into the CacheEvents). */
 export interface Delivered<T> {
   value: T;
@@ -69,21 +86,21 @@ export class SourceChain {
     return u;
   }
 
-  openBlob(ref: BlobRef, signal: AbortSignal, expectedSize?: number, peers = true): Promise<Delivered<FillSource>> {
-    return this.run(ref.registry, `blob ${ref.digest}`, (s) => s.openBlob(ref, signal, expectedSize), peers);
+  openBlob(ref: BlobRef, signal: AbortSignal, expectedSize?: number, scope: ChainScope = {}): Promise<Delivered<FillSource>> {
+    return this.run(ref.registry, `blob ${ref.digest}`, (s) => s.openBlob(ref, signal, expectedSize), scope);
   }
 
-  headBlob(ref: BlobRef, peers = true): Promise<Delivered<BlobHead>> {
-    return this.run(ref.registry, `blob ${ref.digest}`, (s) => s.headBlob(ref), peers);
+  headBlob(ref: BlobRef, scope: ChainScope = {}): Promise<Delivered<BlobHead>> {
+    return this.run(ref.registry, `blob ${ref.digest}`, (s) => s.headBlob(ref), scope);
   }
 
   /** `check` verifies what a source sent (digest, parse): a peer failing it is passed over like a broken peer. */
-  getManifest<T>(ref: ManifestRef, accept: readonly string[], check: (raw: RawManifest, from: ContentSource) => T, peers = true): Promise<Delivered<T>> {
-    return this.run(ref.registry, `manifest ${ref.reference}`, async (s) => check(await s.getManifest(ref, accept), s), peers);
+  getManifest<T>(ref: ManifestRef, accept: readonly string[], check: (raw: RawManifest, from: ContentSource) => T, scope: ChainScope = {}): Promise<Delivered<T>> {
+    return this.run(ref.registry, `manifest ${ref.reference}`, async (s) => check(await s.getManifest(ref, accept), s), scope);
   }
 
   /** A HEAD that must answer 200 (any other status is thrown as its OCI error). */
-  confirmManifest(ref: ManifestRef, accept: readonly string[], peers = true): Promise<Delivered<ManifestHead>> {
+  confirmManifest(ref: ManifestRef, accept: readonly string[], scope: ChainScope = {}): Promise<Delivered<ManifestHead>> {
     return this.run(
       ref.registry,
       `manifest ${ref.reference}`,
@@ -92,8 +109,29 @@ export class SourceChain {
         if (head.status !== 200) throw await head.error();
         return head;
       },
-      peers,
+      scope,
     );
+  }
+
+  /**
+   * A tag's revalidation: a region source's 200 (the tag's owner in the cluster, which answers
+   * from its cache within its tagTTL) if one gives it, else the upstream's HEAD whatever its
+   * status (the caller judges it). Failover peers are never asked: only the upstream, or a
+   * member that asked it, can confirm a tag.
+   */
+  async revalidateTag(ref: ManifestRef, accept: readonly string[], scope: ChainScope = {}): Promise<Delivered<ManifestHead>> {
+    const up = this.upstream(ref.registry);
+    if (scope.region !== false) {
+      for (const r of this.o.region ?? []) {
+        try {
+          const head = await r.headManifest(ref, accept);
+          if (head.status === 200) return { value: head, from: r };
+        } catch (e) {
+          this.regionFailed(ref.registry, `tag ${ref.reference}`, r, e);
+        }
+      }
+    }
+    return { value: await up.headManifest(ref, accept), from: up };
   }
 
   /** Content a source delivered failed verification later (a blob's digest): a peer is then left alone for a while. */
@@ -109,16 +147,23 @@ export class SourceChain {
     for (const p of this.peers) await p.close();
   }
 
-  private async run<T>(registry: string, what: string, op: (s: ContentSource) => Promise<T>, peers: boolean): Promise<Delivered<T>> {
+  /** A region source's miss (404) goes on silently; anything else is logged, and goes on too. */
+  private regionFailed(registry: string, what: string, r: ContentSource, e: unknown): void {
+    if (!(e instanceof RegistryError && e.status === 404)) this.o.logger.warn({ registry, what, source: r.name, err: (e as Error).message }, 'region source failed; going on to the next source');
+  }
+
+  private async run<T>(registry: string, what: string, op: (s: ContentSource) => Promise<T>, scope: ChainScope): Promise<Delivered<T>> {
     const up = this.upstream(registry);
-    for (const r of this.o.region ?? []) {
-      try {
-        return { value: await op(r), from: r };
-      } catch (e) {
-        if (!(e instanceof RegistryError && e.status === 404)) this.o.logger.warn({ registry, what, source: r.name, err: (e as Error).message }, 'region source failed; going on to the next source');
+    if (scope.region !== false) {
+      for (const r of this.o.region ?? []) {
+        try {
+          return { value: await op(r), from: r };
+        } catch (e) {
+          this.regionFailed(registry, what, r, e);
+        }
       }
     }
-    if (this.peers.length === 0 || !peers) return { value: await op(up), from: up };
+    if (this.peers.length === 0 || scope.peers === false) return { value: await op(up), from: up };
     if (this.mode === 'peers-first') {
       const got = await this.tryPeers(registry, what, op);
       return got ?? { value: await op(up), from: up };
