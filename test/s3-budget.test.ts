@@ -104,6 +104,10 @@ test('budget: unreferenced first, then LRU; never pinned, never inside the grace
   cleanups.push(() => accessA.close(), () => accessB.close());
   await accessA.write();
   await accessB.write();
+  // Rewrites are conditional too (If-Match on the last ETag; after a restart it is looked up).
+  assert.equal(await accessA.write(), 2);
+  const restartedA = new AccessRecorder({ bucket: b, instanceId: 'a', logger, now: () => now, local: () => [[config, now - 40 * min], [layer, now - 55 * min]] });
+  assert.equal(await restartedA.write(), 2);
 
   const total = 7 * 1024 + manifest.length;
   const maxBytes = 5 * 1024; // target: 90% = 4608 bytes

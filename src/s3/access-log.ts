@@ -32,6 +32,8 @@ export class AccessRecorder {
   private readonly written = new Set<Digest>();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** The ETag of our last write: every write is conditional (a bucket policy may require it). */
+  private etag: string | undefined;
   private readonly now: () => number;
 
   constructor(private readonly o: AccessRecorderOptions) {
@@ -62,7 +64,18 @@ export class AccessRecorder {
     const entries = [...latest].sort((a, b) => b[1] - a[1]).slice(0, this.o.maxEntries ?? 100_000);
     const access: Record<string, number> = {};
     for (const [d, at] of entries) access[digestHex(d)] = at;
-    await this.o.bucket.putJson(accessKey(this.o.instanceId), { instance: this.o.instanceId, writtenAt: now, access });
+    const key = accessKey(this.o.instanceId);
+    const record = { instance: this.o.instanceId, writtenAt: now, access };
+    for (let attempt = 0; ; attempt++) {
+      const r = await this.o.bucket.putJson(key, record, this.etag !== undefined ? { ifMatch: this.etag } : { ifNoneMatch: true });
+      if (r !== 'conflict') {
+        this.etag = r;
+        break;
+      }
+      // Only this instance writes the key: a conflict means our ETag is not known (a restart).
+      if (attempt >= 2) throw new Error(`writing ${key}: conditional write kept failing`);
+      this.etag = (await this.o.bucket.head(key))?.etag;
+    }
     this.written.clear();
     for (const [d] of entries) this.written.add(d);
     return entries.length;

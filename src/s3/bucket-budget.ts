@@ -61,6 +61,7 @@ export class BucketBudget {
   private checkTimer: NodeJS.Timeout | undefined;
   private running: Promise<EnforceResult | undefined> | undefined;
   private closed = false;
+  private checkedOnce = false;
 
   constructor(private readonly o: BucketBudgetOptions) {
     this.refs = new BucketReferences(o.bucket);
@@ -74,7 +75,14 @@ export class BucketBudget {
     const renew = () =>
       void this.o.lease
         .tryAcquire()
-        .then((held) => this.o.metrics.budgetLeader.set(held ? 1 : 0))
+        .then((held) => {
+          this.o.metrics.budgetLeader.set(held ? 1 : 0);
+          // A new holder looks at the budget at once, then every intervalMs.
+          if (held && !this.checkedOnce) {
+            this.checkedOnce = true;
+            void this.check();
+          }
+        })
         .catch((err: unknown) => {
           this.o.metrics.budgetLeader.set(0);
           this.o.logger.warn({ err: (err as Error).message }, 'bucket budget lease: S3 unavailable');
