@@ -10,7 +10,7 @@ import { createLogger, type Logger } from './logger.ts';
 import { Metrics } from './metrics.ts';
 import { CacheEvents } from './cache-events.ts';
 import { BlobFills } from './pull-through/blob-fills.ts';
-import { BlobService } from './pull-through/blob-service.ts';
+import { BlobService, type BlobRequest } from './pull-through/blob-service.ts';
 import { ListingService } from './pull-through/listing-service.ts';
 import { ManifestService } from './pull-through/manifest-service.ts';
 import { NegativeCache } from './pull-through/negative-cache.ts';
@@ -31,6 +31,13 @@ import { MemoryCache } from './storage/memory-cache.ts';
 import { RegistryClient } from './upstream/registry-client.ts';
 import { PeerSource } from './sources/peer-source.ts';
 import { SourceChain, upstreamSource } from './sources/source-chain.ts';
+import type { ContentSource } from './sources/content-source.ts';
+import { S3Bucket } from './s3/bucket.ts';
+import { S3Health } from './s3/s3-health.ts';
+import { S3Source } from './s3/s3-source.ts';
+import { WriteBehind } from './s3/write-behind.ts';
+import { startRegionMetadata } from './s3/region-metadata.ts';
+import { Cluster } from './cluster/cluster.ts';
 
 export interface RunningProxy {
   url: string;
@@ -98,11 +105,68 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
   const health = new DiskHealth(layout.tmpDir, metrics, logger, 5000, () => void evictor.check());
   // Upstream 404s remembered for each registry's negativeTTL (shared by manifests and blobs).
   const negative = new NegativeCache({ ttlMs: (registry) => config.registries.get(registry)?.negativeTtlMs ?? 30_000, metrics });
-  // Content changes, for the replication outbox (and later the S3 write-behind).
+  // Content changes, for the replication outbox and the S3 write-behind.
   const events = new CacheEvents();
-  // Where misses are read from: each registry's upstream, then (on an outage, or first with
-  // failover.mode peers-first) the peers with failover: true.
+  // The region's S3 bucket (storage.s3): checked before we listen (an unfit store or refused
+  // credentials stop the start; an unreachable bucket only degrades), asked first on a local
+  // miss, written behind after each local commit.
+  const s3 = config.storage.s3 ? await startS3(config.storage.s3) : undefined;
+  async function startS3(c: NonNullable<Config['storage']['s3']>) {
+    const bucket = new S3Bucket({
+      bucket: c.bucket,
+      prefix: c.prefix,
+      ...(c.endpoint !== undefined ? { endpoint: c.endpoint } : {}),
+      ...(c.region !== undefined ? { region: c.region } : {}),
+      ...(c.forcePathStyle !== undefined ? { forcePathStyle: c.forcePathStyle } : {}),
+      // The upstream timeouts: an S3 that accepts connections and never answers is down within them.
+      connectTimeoutMs: config.upstream.connectTimeoutMs,
+      headersTimeoutMs: config.upstream.headersTimeoutMs,
+      idleTimeoutMs: config.upstream.idleTimeoutMs,
+      multipartThreshold: c.multipartThreshold,
+    });
+    const health = new S3Health(bucket, { metrics, logger, clustered: config.cluster !== undefined });
+    try {
+      await health.check();
+    } catch (e) {
+      bucket.destroy();
+      throw e;
+    }
+    health.start();
+    // Tags, links, pins and frozen tags shared by the region (and the bucket budget, with maxBytes).
+    const region = startRegionMetadata({
+      bucket,
+      index,
+      disk,
+      events,
+      metrics,
+      logger,
+      dataDir: config.dataDir,
+      ...(c.maxBytes !== undefined ? { maxBytes: c.maxBytes } : {}),
+      ...(config.cluster ? { instance: config.cluster.self } : {}),
+    });
+    const source = new S3Source({ bucket, health, index, regionIndex: region.shared, upstream: (registry) => sources.upstream(registry), metrics, logger });
+    // Pending bytes are bounded by what the local disk can hold anyway.
+    const writeBehind = new WriteBehind({ bucket, disk, health, metrics, logger, maxPendingBytes: config.cache.maxBytes, staleUploadAgeMs: c.staleUploadAgeMs });
+    return { bucket, health, source, writeBehind, region };
+  }
+  // This region's shared tiers, asked in order before the upstream: the S3 bucket first.
+  const regionSources: ContentSource[] = s3 ? [s3.source] : [];
+  // The instances of this region (cluster:): a miss is read from the member that owns the
+  // digest or tag, which fetches it from the upstream once for the whole region.
+  const cluster = config.cluster
+    ? new Cluster(config.cluster, {
+        metrics,
+        logger,
+        userAgent: `ocirelay/${config.version}`,
+        minRate: { bytesPerSec: config.upstream.minRateBytesPerSec, windowMs: config.upstream.minRateWindowMs },
+        timeouts: { connectMs: config.upstream.connectTimeoutMs, headersMs: config.upstream.headersTimeoutMs, idleMs: config.upstream.idleTimeoutMs },
+      })
+    : undefined;
+  // Where misses are read from: this region's shared tiers (the owning cluster member), then
+  // each registry's upstream, then (on an outage, or first with failover.mode peers-first) the
+  // peers with failover: true.
   const sources = new SourceChain({
+    region: [...regionSources, ...(cluster ? [cluster.source] : [])],
     upstreams: new Map([...upstreams].map(([name, client]) => [name, upstreamSource(client)])),
     peers: [...config.peers.values()]
       .filter((p) => p.failover)
@@ -120,7 +184,24 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
     metrics,
     logger,
   });
-  const blobs = new BlobService({ disk, memory, index, fills, sources, evictor, health, metrics, logger, negative, events });
+  const blobs = new BlobService({
+    disk,
+    memory,
+    index,
+    fills,
+    sources,
+    evictor,
+    health,
+    metrics,
+    logger,
+    negative,
+    events,
+    ...(s3 ? { regionRange: (req: BlobRequest) => s3.source.openRange(req, req.range ?? '') } : {}),
+  });
+  if (s3) {
+    events.listen(s3.writeBehind);
+    s3.writeBehind.start();
+  }
   const manifests = new ManifestService({
     events,
     disk,
@@ -143,6 +224,8 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
     if (shuttingDown) problems.push('shutting down');
     // An unwritable disk does not stop pulls (they stream through uncached): report, stay ready.
     const degraded = health.writable ? [] : [`disk cache not writable (${health.problem}): pulls stream through uncached`];
+    // S3 down: pulls go on from disk and upstream, the write-behind waits.
+    if (s3 && !s3.health.up) degraded.push(`${s3.health.problem ?? 'S3 bucket unavailable'}: pulls use the local disk and the upstream`);
     return { ready: problems.length === 0, problems: [...problems, ...degraded], degraded: degraded.length > 0 };
   };
   metrics.cacheBytes.set({ tier: 'memory' }, 0);
@@ -154,13 +237,13 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
     maxBlobBytes: config.cache.maxBlobBytes,
     store: { disk, memory, index, evictor, health, events, metrics, logger },
   });
-  const app = createApp({ router, blobs, manifests, listings, metrics, logger, readiness, receive });
+  const app = createApp({ router, blobs, manifests, listings, metrics, logger, readiness, receive, isMember: cluster?.isMember });
   // Bounded per client (config `server:`): headers, idle keep-alive, header size, connections, send stalls.
   const pull = createListener('pull', app.fetch, config.server, logger);
   const server = pull.server;
 
   const puller = new ImagePuller(manifests, blobs, disk, index);
-  const cacheAdmin = new CacheAdmin({ index, disk, memory, evictor, health, puller, metrics, maxBytes: config.cache.maxBytes, memoryBytes: config.cache.memoryBytes, events });
+  const cacheAdmin = new CacheAdmin({ index, disk, memory, evictor, health, puller, metrics, maxBytes: config.cache.maxBytes, memoryBytes: config.cache.memoryBytes, events, ...(s3 ? { region: s3.region.shared } : {}) });
   // Replication to peers: one outbox job per replicating peer for each cache event (replayed
   // from <dataDir>/replication/ after a crash), sent by its workers.
   const replicator = [...config.peers.values()].some((p) => p.replicate)
@@ -190,6 +273,8 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
     throw e;
   });
   const url = urlOf(config.listen.host, port);
+  // Once this instance answers: the first health round finds the members already up.
+  await cluster?.start();
   const adminUrl = urlOf(config.admin.listen.host, adminPort);
   if (config.admin.token === undefined && !isLoopbackHost(config.admin.listen.host)) {
     logger.warn({ admin: `${config.admin.listen.host}:${adminPort}` }, 'admin API has no token: it answers loopback clients only');
@@ -208,6 +293,7 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
       defaultRegistry: config.defaultRegistry,
       cachedBlobs: diskInfo.blobs,
       cachedBytes: diskInfo.bytes,
+      ...(cluster ? { cluster: { self: cluster.members.self, members: cluster.members.known(), live: cluster.members.live() } } : {}),
       indexRecords: indexInfo.records,
       startupMs: Date.now() - t0,
     },
@@ -235,6 +321,11 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
       clearTimeout(grace);
       await manifests.flush();
       await replicator?.close();
+      await s3?.writeBehind.close();
+      await s3?.region.close();
+      s3?.health.stop();
+      s3?.bucket.destroy();
+      await cluster?.close();
       await index.close();
       await disk.flushRecency();
       for (const u of upstreams.values()) await u.close();
