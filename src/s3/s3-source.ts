@@ -64,9 +64,16 @@ export class S3Source implements ContentSource {
 
   async openBlob(ref: BlobRef, signal: AbortSignal, expectedSize?: number): Promise<FillSource> {
     this.#usable('blob', ref.digest);
-    await this.#authorize('blob', ref.registry, ref.repository, ref.digest);
+    // The object first: a miss (the usual cold case) costs no authorization round trip upstream.
     const got = await this.#call('blob', () => this.#o.bucket.get(blobKey(ref.digest), undefined, signal));
     if (got === undefined) throw this.#miss('blob', ref.digest);
+    try {
+      // The body waits (paused) until the repository is confirmed; no byte is handed out before.
+      await this.#authorize('blob', ref.registry, ref.repository, ref.digest);
+    } catch (e) {
+      got.body.destroy();
+      throw e;
+    }
     if (expectedSize !== undefined && got.size !== expectedSize) {
       // Not the blob the descriptor names: let the upstream answer instead of failing the fill.
       got.body.destroy();
@@ -79,9 +86,9 @@ export class S3Source implements ContentSource {
 
   async headBlob(ref: BlobRef): Promise<BlobHead> {
     this.#usable('blob', ref.digest);
-    await this.#authorize('blob', ref.registry, ref.repository, ref.digest);
     const info = await this.#call('blob', () => this.#o.bucket.head(blobKey(ref.digest)));
     if (info === undefined) throw this.#miss('blob', ref.digest);
+    await this.#authorize('blob', ref.registry, ref.repository, ref.digest);
     return { size: info.size };
   }
 
@@ -94,9 +101,9 @@ export class S3Source implements ContentSource {
   async openRange(ref: BlobRef, rangeHeader: string, signal?: AbortSignal): Promise<S3Range | undefined> {
     try {
       this.#usable('blob', ref.digest);
-      await this.#authorize('blob', ref.registry, ref.repository, ref.digest);
       const info = await this.#call('blob', () => this.#o.bucket.head(blobKey(ref.digest)));
       if (info === undefined) return undefined;
+      await this.#authorize('blob', ref.registry, ref.repository, ref.digest);
       const r = parseRange(rangeHeader, info.size);
       if (r.kind !== 'range' || (r.range.start === 0 && r.range.end === info.size - 1)) return undefined;
       const got = await this.#call('blob', () => this.#o.bucket.get(blobKey(ref.digest), r.range, signal));
@@ -114,12 +121,18 @@ export class S3Source implements ContentSource {
   }
 
   async getManifest(ref: ManifestRef, _accept: readonly string[]): Promise<RawManifest> {
-    const { digest, resolvedAt, mediaType } = await this.#manifestDigest(ref);
+    const { digest, resolvedAt, mediaType, authorize } = await this.#manifestDigest(ref);
     const got = await this.#call('manifest', () => this.#o.bucket.get(blobKey(digest)));
     if (got === undefined) throw this.#miss('manifest', digest);
     if (got.size > MAX_MANIFEST_BYTES) {
       got.body.destroy();
       throw this.#miss('manifest', digest);
+    }
+    try {
+      await authorize();
+    } catch (e) {
+      got.body.destroy();
+      throw e;
     }
     const chunks: Buffer[] = [];
     let n = 0;
@@ -147,20 +160,24 @@ export class S3Source implements ContentSource {
   }
 
   async headManifest(ref: ManifestRef, _accept: readonly string[]): Promise<ManifestHead> {
-    const { digest, resolvedAt } = await this.#manifestDigest(ref);
+    const { digest, resolvedAt, authorize } = await this.#manifestDigest(ref);
     const info = await this.#call('manifest', () => this.#o.bucket.head(blobKey(digest)));
     if (info === undefined) throw this.#miss('manifest', digest);
+    await authorize();
     const notAnError = new RegistryError('MANIFEST_UNKNOWN', 'not an error');
     return { status: 200, digest, ...(resolvedAt !== undefined ? { resolvedAt } : {}), error: () => Promise.resolve(notAnError) };
   }
 
-  /** A manifest reference as a digest this repository may read: by digest (authorized), or a tag of the region's record. */
-  async #manifestDigest(ref: ManifestRef): Promise<{ digest: Digest; resolvedAt?: number; mediaType?: string }> {
+  /**
+   * A manifest reference as a digest, and how to check that this repository may read it (called
+   * once the object is known to be there): by digest, the authorization rule; a tag of the
+   * region's record needs none (the record is an upstream answer under this repository).
+   */
+  async #manifestDigest(ref: ManifestRef): Promise<{ digest: Digest; resolvedAt?: number; mediaType?: string; authorize: () => Promise<void> }> {
     const byDigest = isDigest(ref.reference) ? parseDigest(ref.reference) : undefined;
     this.#usable('manifest', ref.reference);
     if (byDigest !== undefined) {
-      await this.#authorize('manifest', ref.registry, ref.repository, byDigest);
-      return { digest: byDigest };
+      return { digest: byDigest, authorize: () => this.#authorize('manifest', ref.registry, ref.repository, byDigest) };
     }
     // A tag: only the region's shared record knows what another instance resolved it to
     // (that record came from an upstream answer under this repository: it is the authorization).
@@ -170,7 +187,7 @@ export class S3Source implements ContentSource {
       throw this.#unavailable('manifest', e);
     });
     if (rec === undefined) throw this.#miss('manifest', ref.reference);
-    return { digest: rec.digest, resolvedAt: rec.resolvedAt, mediaType: rec.mediaType };
+    return { digest: rec.digest, resolvedAt: rec.resolvedAt, mediaType: rec.mediaType, authorize: () => Promise.resolve() };
   }
 
   /** Skipped at once while the bucket is down. */
