@@ -15,6 +15,10 @@
 // component starts with a letter or digit), so one repository's tags never list another's.
 import { isValidName, isValidTag } from '../oci/reference.ts';
 import { digestFromHex, digestHex, type Digest } from '../oci/digest.ts';
+import { BLOBS_PREFIX } from './bucket-layout.ts';
+
+// Content keys are the write-behind's (bucket-layout.ts): one definition.
+export { BLOBS_PREFIX, blobKey } from './bucket-layout.ts';
 
 // The registry key grammar of config.ts (lower-case host names with an optional port).
 const REGISTRY_RE = /^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::\d{1,5})?$/;
@@ -44,17 +48,11 @@ function tagName(tag: string): string {
   return tag;
 }
 
-export const BLOBS_PREFIX = 'blobs/sha256/';
 export const LINKS_PREFIX = 'meta/links/';
 export const PINS_PREFIX = 'meta/pins/';
 export const FROZEN_PREFIX = 'meta/frozen/';
 export const REPOS_PREFIX = 'meta/repos/';
 export const ACCESS_PREFIX = 'meta/access/';
-
-/** The content object of a digest (the write-behind's layout, bucket-layout.ts). */
-export function blobKey(digest: Digest): string {
-  return `${BLOBS_PREFIX}${digestHex(digest)}`;
-}
 
 export function digestOfBlobKey(rel: string): Digest | undefined {
   return rel.startsWith(BLOBS_PREFIX) ? digestFromHex(rel.slice(BLOBS_PREFIX.length)) : undefined;
