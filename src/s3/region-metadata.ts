@@ -85,7 +85,9 @@ export function startRegionMetadata(d: RegionMetadataDeps): RegionMetadata {
       clearInterval(accessTimer);
       access.close();
       await budget?.close();
-      await shared.close();
+      // Queued metadata writes get a short while (S3 down must not hold a shutdown up); the rest
+      // is lost, as the local index still has it and the sync uploads pins and freezes again.
+      await shared.close(2_000);
     },
   };
 }
