@@ -29,6 +29,9 @@ export interface WarmContenders {
   nginxUrls: Partial<Record<SizeName, string>>;
 }
 
+/** GETs of a primed layer before giving up on the proxy keeping it. */
+const PRIME_CHECKS = 5;
+
 export class BenchEnv {
   readonly launcher: OcirelayLauncher;
   private readonly stoppers = new Set<() => Promise<void>>();
@@ -181,12 +184,20 @@ export class BenchEnv {
     await curlGet(`${url}/v2/${img.repo}/manifests/${img.manifestDigest}`, { headers: accept, timeoutMs: 60_000 });
     const blobUrl = `${url}/v2/${img.repo}/blobs/${img.layer.digest}`;
     await curlGet(blobUrl, { expectBytes: img.layer.size, timeoutMs: 600_000 });
-    await this.meter.waitQuiet(500);
-    const mark = await this.meter.mark();
-    await concurrentGets(blobUrl, 1, { expectBytes: img.layer.size, timeoutMs: 600_000 });
-    await this.meter.waitQuiet(500);
-    const t = await this.meter.trafficSince(mark, img.layer.digest);
-    if (t.blobGets > 0) throw new Error(`priming ${who} at ${url}: the second GET of ${img.repo} still reached the upstream (${t.blobGets} GETs)`);
+    // The Distribution proxy stores a big blob only after it has streamed it (seen: a 1 GiB
+    // layer still being committed when the next GET came, which went upstream again): check
+    // again, a bounded number of times, with growing pauses.
+    let gets = 0;
+    for (let attempt = 1; attempt <= PRIME_CHECKS; attempt++) {
+      await this.meter.waitQuiet(500);
+      const mark = await this.meter.mark();
+      await concurrentGets(blobUrl, 1, { expectBytes: img.layer.size, timeoutMs: 600_000 });
+      await this.meter.waitQuiet(500);
+      gets = (await this.meter.trafficSince(mark, img.layer.digest)).blobGets;
+      if (gets === 0) return;
+      await new Promise((r) => setTimeout(r, 2_000 * attempt));
+    }
+    throw new Error(`priming ${who} at ${url}: after ${PRIME_CHECKS} tries a GET of ${img.repo} still reached the upstream (${gets} GETs)`);
   }
 
   /** Stop every process still running (by PID), remove the work dir. */
