@@ -81,6 +81,7 @@ export class S3Source implements ContentSource {
       throw this.#miss('blob', ref.digest);
     }
     this.#o.metrics.s3Reads.inc({ kind: 'blob', result: 'hit' });
+    this.#watch(got.body, signal);
     return { body: got.body, size: got.size, sizeFrom: 'content-length' };
   }
 
@@ -113,6 +114,7 @@ export class S3Source implements ContentSource {
         return undefined;
       }
       this.#o.metrics.s3Reads.inc({ kind: 'range', result: 'hit' });
+      this.#watch(got.body, signal);
       return { body: got.body, range: r.range, size: info.size };
     } catch (e) {
       if (e instanceof RegistryError) return undefined;
@@ -188,6 +190,19 @@ export class S3Source implements ContentSource {
     });
     if (rec === undefined) throw this.#miss('manifest', ref.reference);
     return { digest: rec.digest, resolvedAt: rec.resolvedAt, mediaType: rec.mediaType, authorize: () => Promise.resolve() };
+  }
+
+  /**
+   * A body that fails midway (S3 went away) fails its fill or response (the client sees an
+   * aborted transfer, never a clean end); the bucket is then marked down, so the client's retry
+   * goes straight to the upstream instead of S3 again.
+   */
+  #watch(body: Readable, signal?: AbortSignal): void {
+    body.once('error', (e: NodeJS.ErrnoException) => {
+      // Our side gave the body up (the fill was aborted, the client left: pipeline destroys the source).
+      if (signal?.aborted === true || e.name === 'AbortError' || e.code === 'ERR_STREAM_PREMATURE_CLOSE') return;
+      this.#o.health.failed(new S3Unavailable('network', `S3 body failed: ${e.message}`));
+    });
   }
 
   /** Skipped at once while the bucket is down. */
