@@ -121,6 +121,28 @@ test('tag records: two writers, the newer resolution wins whatever the order', a
   assert.equal(await reader.shared.tag('docker.io', 'library/app', '../x'), undefined);
 });
 
+test('a revalidation that confirms a tag refreshes the region record (at most every 30 s per tag)', async () => {
+  const indexA = await localIndex();
+  const a = await instance(moto.endpoint, { index: indexA });
+  indexA.onTagConfirmed = (r, n, t, rec) => a.shared.tagConfirmed(r, n, t, rec);
+  const reader = await instance(moto.endpoint);
+  const d = dg('confirmed');
+  const t0 = 1_000_000;
+  indexA.setTag('docker.io', 'library/conf', 'v1', { digest: d, mediaType: MT, checkedAt: t0 });
+  a.shared.tagResolved({ registry: 'docker.io', repository: 'library/conf', tag: 'v1', digest: d, mediaType: MT, resolvedAt: t0, via: 'upstream' });
+  assert.equal(await a.shared.flush(10_000), true);
+  assert.equal((await reader.shared.tag('docker.io', 'library/conf', 'v1'))?.resolvedAt, t0);
+  // Confirmed by the upstream five minutes later: the record is refreshed.
+  indexA.setTag('docker.io', 'library/conf', 'v1', { digest: d, mediaType: MT, checkedAt: t0 + 300_000 });
+  assert.equal(await a.shared.flush(10_000), true);
+  assert.equal((await reader.shared.tag('docker.io', 'library/conf', 'v1'))?.resolvedAt, t0 + 300_000);
+  // Again 10 s later: not written (rate limit); an older confirmation never lands.
+  indexA.setTag('docker.io', 'library/conf', 'v1', { digest: d, mediaType: MT, checkedAt: t0 + 310_000 });
+  a.shared.tagConfirmed('docker.io', 'library/conf', 'v1', { digest: d, mediaType: MT, checkedAt: t0 + 1 });
+  assert.equal(await a.shared.flush(10_000), true);
+  assert.equal((await reader.shared.tag('docker.io', 'library/conf', 'v1'))?.resolvedAt, t0 + 300_000);
+});
+
 test('links: a commit or an upstream HEAD confirmation on A authorises the repository on B, no other', async () => {
   const indexA = await localIndex();
   const a = await instance(moto.endpoint, { index: indexA });

@@ -59,6 +59,7 @@ export function startRegionMetadata(d: RegionMetadataDeps): RegionMetadata {
   });
   const shared = new SharedMetadata({ bucket: d.bucket, logger: d.logger, metrics, index: d.index, onRegionRead: (digest) => access.touch(digest) });
   d.index.onLinked = (registry, repository, digest) => shared.linked(registry, repository, digest);
+  d.index.onTagConfirmed = (registry, repository, tag, rec) => shared.tagConfirmed(registry, repository, tag, rec);
   d.events.listen(shared);
   shared.start();
   const writeAccess = () => void access.write().catch((err: unknown) => d.logger.warn({ err: (err as Error).message }, 'writing the access log to the bucket failed'));

@@ -39,6 +39,8 @@ export interface SharedMetadataOptions {
   syncIntervalMs?: number;
   queueLimit?: number;
   minBackoffMs?: number;
+  /** A tag confirmation is written at most this often per tag; default 30 s. */
+  confirmEveryMs?: number;
   /** A digest the region's tiers are about to serve (a positive link answer): the access log's input. */
   onRegionRead?: (digest: Digest) => void;
 }
@@ -70,6 +72,8 @@ export class SharedMetadata implements RegionIndex, CacheListener {
   private readonly metrics: RegionMetrics;
   private readonly links: LRUCache<string, boolean>;
   private readonly tags: LRUCache<string, TagJson | 'none'>;
+  /** When this instance last wrote a confirmation of each tag. */
+  private readonly confirmed = new LRUCache<string, number>({ max: 10_000 });
   /** Records queued for writing, by key: a newer one replaces a queued older one, never the reverse. */
   private readonly pendingRecords = new Map<string, unknown>();
   private readonly queue: MetadataQueue;
@@ -177,6 +181,23 @@ export class SharedMetadata implements RegionIndex, CacheListener {
       // Creation only: a link is never changed, so a 412 (another instance wrote it) is fine.
       await this.bucket.putIfAbsent(key, () => Buffer.alloc(0), 0);
     });
+  }
+
+  /**
+   * A tag's digest confirmed again (CacheIndex.onTagConfirmed: an upstream revalidation, or a
+   * newer resolution received): the region's record gets the later resolution time, so other
+   * instances see it fresh. At most once per `confirmEveryMs` per tag from this instance.
+   */
+  tagConfirmed(registry: string, repository: string, tag: string, rec: { digest: Digest; mediaType: string; checkedAt: number }): void {
+    const key = keyOrUndefined(() => tagKey(registry, repository, tag));
+    if (key === undefined) return;
+    const last = this.confirmed.get(key);
+    if (last !== undefined && rec.checkedAt - last < (this.o.confirmEveryMs ?? 30_000)) return;
+    // A confirmation taken from the region's own record is no news to the bucket.
+    const cached = this.tags.get(key);
+    if (cached !== undefined && cached !== 'none' && cached.digest === rec.digest && cached.resolvedAt >= rec.checkedAt) return;
+    this.confirmed.set(key, rec.checkedAt);
+    this.enqueueRecord(key, { digest: rec.digest, mediaType: rec.mediaType, resolvedAt: rec.checkedAt }, parseTagJson, tagIsNewer);
   }
 
   tagResolved(e: TagResolved): void {

@@ -47,6 +47,8 @@ export class CacheIndex {
   onJournalFailure: () => void = () => undefined;
   /** Called when a repository is newly linked to a digest (the region's shared metadata writes it to the bucket). */
   onLinked: (registry: string, name: string, digest: Digest) => void = () => undefined;
+  /** Called when a tag's digest is confirmed again with a later checkedAt (the region's shared tag record is refreshed). */
+  onTagConfirmed: (registry: string, name: string, tag: string, rec: TagRecord) => void = () => undefined;
 
   constructor(
     private readonly layout: CacheLayout,
@@ -301,7 +303,9 @@ export class CacheIndex {
     const prev = this.tag(registry, name, tag);
     const key = `${repoKey(registry, name)}\0${tag}`;
     if (prev && prev.digest === rec.digest && prev.mediaType === rec.mediaType) {
+      const advanced = rec.checkedAt > prev.checkedAt;
       prev.checkedAt = Math.max(prev.checkedAt, rec.checkedAt);
+      if (advanced) this.onTagConfirmed(registry, name, tag, { ...prev });
       if (prev.checkedAt - (this.persistedCheck.get(key) ?? 0) < PERSIST_CHECK_EVERY_MS) return;
     } else if (!prev || prev.digest !== rec.digest) {
       this.appendQuietly({ t: 'hist', r: registry, n: name, tag, from: prev?.digest ?? null, to: rec.digest, at: now, src });
