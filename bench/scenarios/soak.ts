@@ -37,6 +37,9 @@ export async function soak(env: BenchEnv): Promise<ScenarioResult> {
     {
       tS: { unit: 's', better: 'lower', description: 'seconds since the load started' },
       rssBytes: { unit: 'bytes', better: 'lower', description: 'VmRSS of the ocirelay process' },
+      heapUsedBytes: { unit: 'bytes', better: 'lower', description: 'V8 heap in use (nodejs_heap_size_used_bytes from its /metrics)' },
+      heapTotalBytes: { unit: 'bytes', better: 'lower', description: 'V8 heap reserved (nodejs_heap_size_total_bytes)' },
+      externalBytes: { unit: 'bytes', better: 'lower', description: 'ArrayBuffers and other memory outside the V8 heap (nodejs_external_memory_bytes)' },
       fds: { unit: '', better: 'lower', description: 'open file descriptors of the ocirelay process' },
       cpuS: { unit: 's', better: 'lower', description: 'CPU seconds of ocirelay since the load started' },
       coldPulls: { unit: '', better: 'higher', description: 'new images pulled through ocirelay (manifest, config, layer, all checked)' },
@@ -81,11 +84,11 @@ export async function soak(env: BenchEnv): Promise<ScenarioResult> {
     let i = 0;
     const sample = async () => {
       const t = (performance.now() - t0) / 1000;
-      const [m, f, c] = await Promise.all([currentRss(r.pid), openFds(r.pid), cpuSeconds(r.pid)]);
+      const [m, f, c, js] = await Promise.all([currentRss(r.pid), openFds(r.pid), cpuSeconds(r.pid), jsMemory(r.url)]);
       if (m === undefined || f === undefined || c === undefined) throw new Error(`ocirelay (pid ${r.pid}) is gone after ${t.toFixed(0)} s of soak: ${r.outputTail().slice(-1500)}`);
       rss.push({ t, v: m });
       fds.push({ t, v: f });
-      rec.add({ case: 'timeline', contender: 'ocirelay', rep: ++i, values: { tS: t, rssBytes: m, fds: f, cpuS: c - cpu0 }, detail: { ...load.counters } });
+      rec.add({ case: 'timeline', contender: 'ocirelay', rep: ++i, values: { tS: t, rssBytes: m, fds: f, cpuS: c - cpu0, ...js }, detail: { ...load.counters } });
     };
     load.start();
     try {
@@ -146,4 +149,28 @@ export async function soak(env: BenchEnv): Promise<ScenarioResult> {
     await r.stop();
   }
   return rec.finish();
+}
+
+/**
+ * What the process's own metrics say about its memory (V8 heap in use, ArrayBuffers and other
+ * external memory): where an RSS rise comes from, or that it is not the JS side's. Empty when
+ * /metrics does not answer.
+ */
+async function jsMemory(url: string): Promise<Record<string, number>> {
+  try {
+    const res = await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(5_000) });
+    const text = await res.text();
+    const out: Record<string, number> = {};
+    for (const [key, name] of [
+      ['heapUsedBytes', 'nodejs_heap_size_used_bytes'],
+      ['heapTotalBytes', 'nodejs_heap_size_total_bytes'],
+      ['externalBytes', 'nodejs_external_memory_bytes'],
+    ] as const) {
+      const m = new RegExp(`^(?:ocirelay_)?${name} (\\S+)`, 'm').exec(text);
+      if (m) out[key] = Number(m[1]);
+    }
+    return out;
+  } catch {
+    return {};
+  }
 }
