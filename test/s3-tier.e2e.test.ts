@@ -204,7 +204,7 @@ test('kill -9 during a multipart upload: no partial object at the key, the stale
   await e2.cleanup();
 });
 
-test('upstream stopped: B (empty disk) serves a blob A fetched from S3, verified, ranged, promoted; a repository never confirmed is refused', async () => {
+test('upstream stopped: B (empty disk) serves a blob and the manifest A fetched from S3, verified, ranged, promoted; a repository never confirmed is refused', async () => {
   const b = await start();
   const [layer, small] = img.layers;
   // The upstream confirms, once, that library/s3-first may read both blobs (a HEAD through B: no bytes, no fill).
@@ -213,8 +213,17 @@ test('upstream stopped: B (empty disk) serves a blob A fetched from S3, verified
     assert.equal(h.status, 200);
     assert.equal(h.headers.get('content-length'), String(l.size));
   }
+  const manifestUrl = `${b.url}/v2/${img.repo}/manifests/${img.manifestDigest}`;
+  const accept = { accept: 'application/vnd.oci.image.manifest.v1+json' };
+  assert.equal((await fetch(manifestUrl, { method: 'HEAD', headers: accept })).status, 200);
   assert.equal(existsSync(blobFile(b, layer!.digest)), false, 'B has nothing on disk');
+  assert.equal(existsSync(blobFile(b, img.manifestDigest)), false);
   await upstream.stop();
+  // The manifest by digest, from the bucket (content-addressed like blobs), its digest checked.
+  const m = await download(manifestUrl, { headers: accept, keep: true });
+  assert.equal(m.status, 200);
+  assert.equal(m.sha256, img.manifestDigest);
+  assert.ok((await b.metric('ocirelay_s3_reads_total', { kind: 'manifest', result: 'hit' })) >= 1);
   const got = await download(`${b.url}/v2/${img.repo}/blobs/${layer!.digest}`, { keep: true });
   assert.equal(got.status, 200);
   assert.equal(got.aborted, false);
