@@ -143,6 +143,9 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
       dataDir: config.dataDir,
       ...(c.maxBytes !== undefined ? { maxBytes: c.maxBytes } : {}),
       ...(config.cluster ? { instance: config.cluster.self } : {}),
+      // A region tag record answers within the registry's tagTTL, older only while the upstream is down.
+      tagTtlMs: (registry) => config.registries.get(registry)?.tagTtlMs ?? 300_000,
+      upstreamDown: (registry) => upstreams.get(registry)?.circuitState() === 'open',
     });
     const source = new S3Source({ bucket, health, index, regionIndex: region.shared, upstream: (registry) => sources.upstream(registry), metrics, logger });
     // Pending bytes are bounded by what the local disk can hold anyway.

@@ -143,6 +143,22 @@ test('a revalidation that confirms a tag refreshes the region record (at most ev
   assert.equal((await reader.shared.tag('docker.io', 'library/conf', 'v1'))?.resolvedAt, t0 + 300_000);
 });
 
+test('a tag record older than the registry tagTTL is no answer, unless the upstream is down', async () => {
+  let down = false;
+  const metrics = new RegionMetrics(new Registry());
+  const writer = await instance(moto.endpoint);
+  const reader = new SharedMetadata({ bucket: bucketOf(moto.endpoint), logger, metrics, tagTtlMs: 1, tagMaxAgeMs: () => 60_000, upstreamDown: () => down });
+  cleanups.push(() => reader.close(1_000));
+  const ev = (tag: string, resolvedAt: number) => ({ registry: 'docker.io', repository: 'library/aged', tag, digest: dg(tag), mediaType: MT, resolvedAt, via: 'upstream' as const });
+  writer.shared.tagResolved(ev('fresh', Date.now() - 10_000));
+  writer.shared.tagResolved(ev('old', Date.now() - 120_000));
+  assert.equal(await writer.shared.flush(10_000), true);
+  assert.equal((await reader.tag('docker.io', 'library/aged', 'fresh'))?.digest, dg('fresh'));
+  assert.equal(await reader.tag('docker.io', 'library/aged', 'old'), undefined);
+  down = true;
+  assert.equal((await reader.tag('docker.io', 'library/aged', 'old'))?.digest, dg('old'));
+});
+
 test('links: a commit or an upstream HEAD confirmation on A authorises the repository on B, no other', async () => {
   const indexA = await localIndex();
   const a = await instance(moto.endpoint, { index: indexA });

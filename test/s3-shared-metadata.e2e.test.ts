@@ -115,6 +115,40 @@ test('purge on A removes the image from the bucket, but a layer that B linked fo
   assert.ok((await a.metric('ocirelay_s3_bucket_evictions_total', { reason: 'purge' })) >= digestsOf(doomed).length);
 });
 
+test('a tag that moved upstream is picked up after the tagTTL, by the instance that recorded it and by another', async () => {
+  const extra = async () => {
+    const p = await startOcirelay(
+      {
+        registries: { 'docker.io': { url: upstream.url, tagTTL: '1s' } },
+        upstream: { retries: 0, connectTimeout: '2s', headersTimeout: '3s' },
+        storage: { s3: { bucket: BUCKET, prefix: PREFIX, endpoint: moto.endpoint, region: 'us-east-1', forcePathStyle: true } },
+      },
+      { env: { ...moto.env } },
+    );
+    started.push(p);
+    return p;
+  };
+  const [c, d] = await Promise.all([extra(), extra()]);
+  const digestVia = async (p: OcirelayProcess) => {
+    const r = await fetch(`${p.url}/v2/library/moving/manifests/latest`, { headers: { accept: OCI_MANIFEST } });
+    await r.arrayBuffer();
+    assert.equal(r.status, 200);
+    return r.headers.get('docker-content-digest');
+  };
+  const one = await pushRandomImage(upstream.url, 'library/moving', 'latest', [2 * KiB]);
+  assert.equal(await digestVia(c), one.manifestDigest);
+  await eventually(async () => exists(tagKey('library/moving', 'latest')), 'the tag record', 15_000);
+  // Within the TTL another instance answers from the region's record.
+  assert.equal(await digestVia(d), one.manifestDigest);
+  const two = await pushRandomImage(upstream.url, 'library/moving', 'latest', [2 * KiB]);
+  await new Promise((r) => setTimeout(r, 1_200));
+  // Past the TTL the bucket's record is no confirmation: the upstream is asked and the move seen.
+  assert.equal(await digestVia(c), two.manifestDigest);
+  assert.equal(await digestVia(d), two.manifestDigest);
+  await c.cleanup();
+  await d.cleanup();
+});
+
 test('upstream stopped: B answers the tag A resolved and serves its blobs on A’s links; a repository never confirmed is refused', async () => {
   await upstream.stop();
   const m = await fetch(`${b.url}/v2/${img.repo}/manifests/${img.tag}`, { headers: { accept: OCI_MANIFEST } });

@@ -30,6 +30,10 @@ export interface RegionMetadataDeps {
   /** This instance's stable name in the bucket (cluster.self when clustered). */
   instance?: string;
   dataDir: string;
+  /** Each registry's tagTTL: an older region tag record is not an answer (unless the upstream is down). */
+  tagTtlMs?: (registry: string) => number;
+  /** Whether the registry's upstream is in an outage (its circuit is open). */
+  upstreamDown?: (registry: string) => boolean;
   /** How often this instance's access log is rewritten; default 5 min. */
   accessWriteMs?: number;
 }
@@ -57,7 +61,15 @@ export function startRegionMetadata(d: RegionMetadataDeps): RegionMetadata {
       }
     },
   });
-  const shared = new SharedMetadata({ bucket: d.bucket, logger: d.logger, metrics, index: d.index, onRegionRead: (digest) => access.touch(digest) });
+  const shared = new SharedMetadata({
+    bucket: d.bucket,
+    logger: d.logger,
+    metrics,
+    index: d.index,
+    onRegionRead: (digest) => access.touch(digest),
+    ...(d.tagTtlMs ? { tagMaxAgeMs: d.tagTtlMs } : {}),
+    ...(d.upstreamDown ? { upstreamDown: d.upstreamDown } : {}),
+  });
   d.index.onLinked = (registry, repository, digest) => shared.linked(registry, repository, digest);
   d.index.onTagConfirmed = (registry, repository, tag, rec) => shared.tagConfirmed(registry, repository, tag, rec);
   d.events.listen(shared);

@@ -39,6 +39,14 @@ export interface SharedMetadataOptions {
   syncIntervalMs?: number;
   queueLimit?: number;
   minBackoffMs?: number;
+  /**
+   * A tag record older than this (the registry's tagTTL) is not an answer: the caller goes on
+   * to the cluster owner or the upstream, which confirms or moves the tag (a record never
+   * refreshed would otherwise pin the tag region-wide). Default: any age.
+   */
+  tagMaxAgeMs?: (registry: string) => number;
+  /** While the registry's upstream is in an outage (circuit open), older tag records are answered (served stale). */
+  upstreamDown?: (registry: string) => boolean;
   /** A tag confirmation is written at most this often per tag; default 30 s. */
   confirmEveryMs?: number;
   /** A digest the region's tiers are about to serve (a positive link answer): the access log's input. */
@@ -132,7 +140,7 @@ export class SharedMetadata implements RegionIndex, CacheListener {
     const cached = this.tags.get(key);
     if (cached !== undefined) {
       this.metrics.metadataReads.inc({ kind: 'tag', result: 'cached' });
-      return cached === 'none' ? undefined : { ...cached };
+      return cached === 'none' ? undefined : this.usableTag(registry, cached);
     }
     if (Date.now() < this.readsDownUntil) {
       this.metrics.metadataReads.inc({ kind: 'tag', result: 'unavailable' });
@@ -143,11 +151,21 @@ export class SharedMetadata implements RegionIndex, CacheListener {
       const rec = got ? parseTagJson(got.value) : undefined;
       this.tags.set(key, rec ?? 'none');
       this.metrics.metadataReads.inc({ kind: 'tag', result: rec ? 'hit' : 'miss' });
-      return rec ? { ...rec } : undefined;
+      return rec ? this.usableTag(registry, rec) : undefined;
     } catch (e) {
       this.readFailed(e, 'tag');
       return undefined;
     }
+  }
+
+  /** The record if it is an answer now: resolved within the registry's tagTTL, or the upstream is down. */
+  private usableTag(registry: string, rec: TagJson): RegionTag | undefined {
+    const maxAge = this.o.tagMaxAgeMs?.(registry);
+    if (maxAge !== undefined && Date.now() - rec.resolvedAt >= maxAge && this.o.upstreamDown?.(registry) !== true) {
+      this.metrics.metadataReads.inc({ kind: 'tag', result: 'stale' });
+      return undefined;
+    }
+    return { ...rec };
   }
 
   private readFailed(e: unknown, kind: 'link' | 'tag'): void {
