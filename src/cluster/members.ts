@@ -35,8 +35,18 @@ async function readyz(member: string, timeoutMs: number): Promise<boolean> {
   }
 }
 
+/** A lookup bounded to 2 s (getaddrinfo can hang on a broken resolver; start-up awaits the first one). */
 async function lookupAll(name: string): Promise<string[]> {
-  return (await dnsLookup(name, { all: true })).map((a) => (a.family === 6 ? `[${a.address}]` : a.address));
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`lookup of ${name} took more than 2 s`)), 2000);
+  });
+  try {
+    const addrs = await Promise.race([dnsLookup(name, { all: true }), timeout]);
+    return addrs.map((a) => (a.family === 6 ? `[${a.address}]` : a.address));
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 export class ClusterMembers {
