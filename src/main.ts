@@ -36,6 +36,7 @@ import { S3Bucket } from './s3/bucket.ts';
 import { S3Health } from './s3/s3-health.ts';
 import { S3Source } from './s3/s3-source.ts';
 import { WriteBehind } from './s3/write-behind.ts';
+import { WriteBehindJournal } from './s3/write-behind-journal.ts';
 import { startRegionMetadata } from './s3/region-metadata.ts';
 import { Cluster } from './cluster/cluster.ts';
 
@@ -148,8 +149,11 @@ export async function startProxy(config: Config, opts: { logger?: Logger; metric
       upstreamDown: (registry) => upstreams.get(registry)?.circuitState() === 'open',
     });
     const source = new S3Source({ bucket, health, index, regionIndex: region.shared, upstream: (registry) => sources.upstream(registry), metrics, logger });
+    // Writes pending at the last stop (a kill -9, or S3 down at shutdown) are redone.
+    const { journal, pending } = await WriteBehindJournal.open(`${layout.root}/s3/write-behind.jsonl`, logger);
     // Pending bytes are bounded by what the local disk can hold anyway.
-    const writeBehind = new WriteBehind({ bucket, disk, health, metrics, logger, maxPendingBytes: config.cache.maxBytes, staleUploadAgeMs: c.staleUploadAgeMs });
+    const writeBehind = new WriteBehind({ bucket, disk, health, metrics, logger, journal, maxPendingBytes: config.cache.maxBytes, staleUploadAgeMs: c.staleUploadAgeMs });
+    writeBehind.restore(pending);
     return { bucket, health, source, writeBehind, region };
   }
   // This region's shared tiers, asked in order before the upstream: the S3 bucket first.

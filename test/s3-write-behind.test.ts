@@ -15,6 +15,7 @@ import { digestOf, digestHex, type Digest } from '../src/oci/digest.ts';
 import { S3Bucket } from '../src/s3/bucket.ts';
 import { S3Health } from '../src/s3/s3-health.ts';
 import { WriteBehind } from '../src/s3/write-behind.ts';
+import { WriteBehindJournal } from '../src/s3/write-behind-journal.ts';
 import { DiskBlobStore } from '../src/storage/disk-blob-store.ts';
 import { CacheLayout } from '../src/storage/layout.ts';
 import { motoClient, startMoto, type MotoFixture } from './fixtures/moto.ts';
@@ -101,6 +102,47 @@ test('enqueue only, bounded by jobs and bytes, region content skipped, evicted f
   commit(0);
   await eventually(async () => (await value(metrics, 'ocirelay_s3_writes_total', { result: 'exists' })) === 1, 'exists counted', 15_000);
   await wb.close();
+  health.stop();
+  bucket.destroy();
+});
+
+test('the journal keeps pending writes across a stop: redone at the next start, evicted ones dropped', async () => {
+  const metrics = new Metrics({ defaultMetrics: false });
+  const logger = createLogger({ level: 'silent' });
+  const root = path.join(dir, 'journal-case');
+  const disk = new DiskBlobStore(new CacheLayout(root), logger);
+  await disk.init();
+  const file = path.join(root, 's3', 'write-behind.jsonl');
+  const bucket = new S3Bucket({ bucket: BUCKET, prefix: 'wb/', client: motoClient(moto.endpoint) });
+  const health = new S3Health(bucket, { metrics, logger, clustered: false });
+  const blobs: Digest[] = [];
+  for (let i = 0; i < 3; i++) {
+    const data = randomBytes(2000);
+    blobs.push(digestOf(data));
+    await disk.put(digestOf(data), data);
+  }
+  // First run: three commits, no worker ever runs (as if killed right after).
+  const first = await WriteBehindJournal.open(file, logger);
+  assert.equal(first.pending.length, 0);
+  const wb1 = new WriteBehind({ bucket, disk, health, metrics, logger, journal: first.journal, staleUploadAgeMs: 3_600_000 });
+  for (const d of blobs) wb1.contentCommitted({ kind: 'blob', registry: 'docker.io', repository: 'library/j', digest: d, size: 2000, via: 'upstream' });
+  await first.journal.close();
+  // One of them is evicted before the restart.
+  await disk.delete(blobs[1]!);
+
+  const second = await WriteBehindJournal.open(file, logger);
+  assert.deepEqual(second.pending.map((w) => w.digest), blobs);
+  const wb2 = new WriteBehind({ bucket, disk, health, metrics, logger, journal: second.journal, staleUploadAgeMs: 3_600_000 });
+  assert.equal(wb2.restore(second.pending), 2);
+  wb2.start();
+  await eventually(async () => (await exists(blobs[0]!)) && (await exists(blobs[2]!)), 'the pending writes redone', 15_000);
+  await eventually(() => wb2.pendingJobs === 0, 'drained');
+  await wb2.close();
+  assert.equal(await exists(blobs[1]!), false);
+  // Everything done: a third start has nothing pending.
+  const third = await WriteBehindJournal.open(file, logger);
+  assert.equal(third.pending.length, 0);
+  await third.journal.close();
   health.stop();
   bucket.destroy();
 });

@@ -7,8 +7,9 @@
 // multipart uploads (S3Bucket, lib-storage, aborted on failure); uploads a killed process left
 // behind are aborted at start-up once older than storage.s3.staleUploadAge.
 //
-// The queue is in memory and bounded by jobs and by bytes: when full, a write is dropped
-// (counted, logged), never waited for. While S3 is down (S3Health) the jobs stay queued and
+// The queue is bounded by jobs and by bytes: when full, a write is dropped (counted, logged),
+// never waited for. Pending writes are also kept in a journal on disk (write-behind-journal.ts),
+// so the ones a kill -9 left pending are done after the restart. While S3 is down (S3Health) the jobs stay queued and
 // the workers wait; a failed write is retried with backoff, so the queue catches up when the
 // bucket returns. Content read from the region (via 'region': the bucket itself, or the member
 // that wrote it) is not written again.
@@ -22,6 +23,7 @@ import type { DiskBlobStore } from '../storage/disk-blob-store.ts';
 import { blobKey } from './bucket-layout.ts';
 import { S3Unavailable, type S3Bucket } from './bucket.ts';
 import type { S3Health } from './s3-health.ts';
+import type { PendingWrite, WriteBehindJournal } from './write-behind-journal.ts';
 
 export interface WriteBehindOptions {
   bucket: S3Bucket;
@@ -37,6 +39,8 @@ export interface WriteBehindOptions {
   maxPendingJobs?: number;
   /** Multipart uploads older than this are aborted at start-up (a killed process's debris). */
   staleUploadAgeMs: number;
+  /** Pending writes on disk (redone after a crash); absent: in memory only. */
+  journal?: WriteBehindJournal;
   now?: () => number;
 }
 
@@ -105,8 +109,31 @@ export class WriteBehind implements CacheListener {
       return;
     }
     const contentType = e.kind === 'manifest' && e.mediaType !== undefined ? e.mediaType : 'application/octet-stream';
-    this.#queue.set(e.digest, { digest: e.digest, size: e.size, contentType, attempts: 0, failures: 0, notBefore: 0 });
-    this.#addPending(e.size);
+    this.#enqueue({ digest: e.digest, size: e.size, contentType });
+  }
+
+  /** The writes the journal had pending at start-up (a crash, or S3 down at the last shutdown). */
+  restore(pending: readonly PendingWrite[]): number {
+    let n = 0;
+    for (const w of pending) {
+      if (this.#queue.has(w.digest) || this.#active.has(w.digest)) continue;
+      const fits = this.pendingJobs < (this.#o.maxPendingJobs ?? 100_000) && this.#pendingBytes + w.size <= (this.#o.maxPendingBytes ?? 64 * 2 ** 30);
+      if (!this.#o.disk.has(w.digest) || !fits) {
+        // Evicted meanwhile, or no room in the queue: nothing to redo.
+        this.#o.journal?.done(w.digest);
+        continue;
+      }
+      this.#enqueue(w);
+      n++;
+    }
+    if (n > 0) this.#o.logger.info({ writes: n }, 'S3 write-behind: redoing the writes pending at the last stop');
+    return n;
+  }
+
+  #enqueue(w: PendingWrite): void {
+    this.#queue.set(w.digest, { digest: w.digest, size: w.size, contentType: w.contentType, attempts: 0, failures: 0, notBefore: 0 });
+    this.#o.journal?.add(w);
+    this.#addPending(w.size);
     this.#wake();
   }
 
@@ -134,10 +161,11 @@ export class WriteBehind implements CacheListener {
   async close(graceMs = 5_000): Promise<void> {
     this.#closed = true;
     this.#wake();
-    if (this.pendingJobs > 0) this.#o.logger.info({ jobs: this.pendingJobs, bytes: this.#pendingBytes }, 'S3 write-behind stopping with writes pending (they are not persisted)');
+    if (this.pendingJobs > 0) this.#o.logger.info({ jobs: this.pendingJobs, bytes: this.#pendingBytes }, 'S3 write-behind stopping with writes pending (the journal keeps them for the next start)');
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([Promise.all(this.#workers), new Promise<void>((r) => (timer = setTimeout(r, graceMs)))]);
     clearTimeout(timer);
+    await this.#o.journal?.close();
   }
 
   async #work(): Promise<void> {
@@ -240,6 +268,7 @@ export class WriteBehind implements CacheListener {
   #done(job: Job): void {
     this.#active.delete(job.digest);
     this.#addPending(-job.size);
+    this.#o.journal?.done(job.digest);
   }
 
   #addPending(n: number): void {
