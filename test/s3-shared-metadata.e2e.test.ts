@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, test } from 'node:test';
-import { HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { motoClient, startMoto, type MotoFixture } from './fixtures/moto.ts';
 import { startRegistry, type RegistryFixture } from './fixtures/registry.ts';
 import { eventually } from './helpers/eventually.ts';
@@ -83,6 +83,22 @@ test('a pull through A writes the tag record and a link per digest into the buck
   }
   assert.equal(await a.metric('ocirelay_s3_metadata_write_failures_total'), 0);
   await eventually(async () => (await a.metric('ocirelay_s3_metadata_pending')) === 0, 'nothing pending');
+});
+
+test('a pin and a freeze through A’s admin API reach the bucket as records (what other instances sync into their index)', async () => {
+  const ref = `docker.io/${img.repo}:${img.tag}`;
+  const res = await fetch(`${a.adminUrl}/api/v1/pin`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ image: ref, freeze: true }) });
+  const out = (await res.json()) as { pinned?: { digests: string[] } };
+  assert.equal(res.status, 200, JSON.stringify(out));
+  const pinKey = `${PREFIX}meta/pins/${Buffer.from(ref).toString('base64url')}.json`;
+  const frozenKey = `${PREFIX}meta/frozen/docker.io/${img.repo}/${img.tag}.json`;
+  await eventually(async () => (await exists(pinKey)) && (await exists(frozenKey)), 'the pin and freeze records', 15_000);
+  const got = await s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: pinKey }));
+  const pin = JSON.parse(await got.Body!.transformToString()) as { pinned: boolean; digests: string[] };
+  assert.equal(pin.pinned, true);
+  assert.deepEqual(new Set(pin.digests), new Set(digestsOf(img)));
+  const f = await s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: frozenKey }));
+  assert.equal((JSON.parse(await f.Body!.transformToString()) as { digest: string }).digest, img.manifestDigest);
 });
 
 test('purge on A removes the image from the bucket, but a layer that B linked for another repository stays', async () => {
