@@ -194,7 +194,9 @@ test('kill -9 during a multipart upload: no partial object at the key, the stale
   await new Promise((res) => setTimeout(res, 1200));
   const e2 = await startOcirelay(s3Config(extra), { dir: e.dir, port: e.port, env: { ...moto.env } });
   started.push(e2);
-  await eventually(async () => !(await multipartUploads()).some((u) => u.key === key), 'the stale upload aborted', 15_000);
+  await eventually(async () => !(await multipartUploads()).some((u) => u.key === key), 'the stale upload aborted', 30_000);
+  const aborted = await e2.waitForLog((l) => l.msg === 'aborted stale S3 multipart uploads', 10_000);
+  assert.ok(Number(aborted.aborted) >= 1);
   // The blob was committed locally before the kill: served verified from disk (or refetched).
   const again = await download(`${e2.url}/v2/library/s3-big/blobs/${digest}`);
   assert.equal(again.status, 200);
