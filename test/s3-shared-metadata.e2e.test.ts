@@ -1,6 +1,7 @@
 // The region's shared metadata (issue 11 items 2 and 5) with real components: two ocirelay
 // processes sharing one moto_server bucket (no cluster), a seeded Distribution registry as the
-// upstream. A's pulls put tag records and repository links into the bucket; an admin purge on A
+// upstream. A's pulls put tag records and repository links into the bucket (and exactly one of
+// the two holds the budget lease); a pin and a freeze on A land as records; an admin purge on A
 // removes the image's records and the content objects no other repository links (a link that
 // only B wrote keeps its layer); with the upstream stopped, B answers a tag only A resolved and
 // serves its blobs on A's links, and refuses a repository no instance ever confirmed.
@@ -50,7 +51,8 @@ async function start(): Promise<OcirelayProcess> {
       // short.ttl: the same upstream under a 1 s tagTTL (clients name it as a path prefix).
       registries: { 'docker.io': { url: upstream.url }, 'short.ttl': { url: upstream.url, tagTTL: '1s' } },
       upstream: { retries: 0, connectTimeout: '2s', headersTimeout: '3s' },
-      storage: { s3: { bucket: BUCKET, prefix: PREFIX, endpoint: moto.endpoint, region: 'us-east-1', forcePathStyle: true } },
+      // maxBytes: both contend for the budget lease (nothing here is old enough to evict).
+      storage: { s3: { bucket: BUCKET, prefix: PREFIX, endpoint: moto.endpoint, region: 'us-east-1', forcePathStyle: true, maxBytes: '1GiB' } },
     },
     { env: { ...moto.env } },
   );
@@ -83,6 +85,9 @@ test('a pull through A writes the tag record and a link per digest into the buck
   }
   assert.equal(await a.metric('ocirelay_s3_metadata_write_failures_total'), 0);
   await eventually(async () => (await a.metric('ocirelay_s3_metadata_pending')) === 0, 'nothing pending');
+  // Started together, both contended for the budget lease: exactly one holds it.
+  await eventually(async () => (await a.metric('ocirelay_s3_budget_leader')) + (await b.metric('ocirelay_s3_budget_leader')) === 1, 'one budget keeper', 15_000);
+  assert.ok(await exists(`${PREFIX}meta/lease/budget.json`));
 });
 
 test('a pin and a freeze through A’s admin API reach the bucket as records (what other instances sync into their index)', async () => {
