@@ -58,7 +58,7 @@ export class BenchEnv {
       const has = (s: string) => (options.scenarios as string[]).includes(s);
       const sizes = new Set<SizeName>();
       if (has('cold-pull') || has('warm-throughput') || has('peak-rss')) for (const s of options.sizes) sizes.add(s);
-      if (has('herd') || has('peak-rss')) sizes.add(options.herdSize);
+      if (has('herd') || has('peak-rss') || has('region-herd') || has('s3-read')) sizes.add(options.herdSize);
       if (has('manifest-load')) sizes.add(options.sizes[0] ?? '4m');
       if (has('soak')) sizes.add(soakWarmSize(options.mode));
       const index = has('cold-pull') && options.pullIndex ? (options.mode === 'smoke' ? '1m' : '4m') : undefined;
@@ -79,7 +79,8 @@ export class BenchEnv {
     return img;
   }
 
-  private track(stop: () => Promise<void>): () => Promise<void> {
+  /** Registers a stopper run by close() (also after a failure); returns it, runnable once. */
+  track(stop: () => Promise<void>): () => Promise<void> {
     const once = async () => {
       this.stoppers.delete(once);
       await stop();
@@ -90,12 +91,14 @@ export class BenchEnv {
 
   /**
    * A fresh ocirelay with an empty data dir (cold). Its stop() also removes the data dir.
-   * `extraConfig`: more config sections (the soak's small cache budget).
+   * `extraConfig`: more config sections (the soak's small cache budget); `how`: a listen port
+   * chosen beforehand, more environment (a region's cluster members and S3 credentials), a
+   * longer start-up allowance (several instances starting at once on two cores).
    */
-  async coldOcirelay(extraConfig?: Record<string, unknown>): Promise<RunningOcirelay> {
+  async coldOcirelay(extraConfig?: Record<string, unknown>, how: { port?: number; env?: Record<string, string>; startTimeoutMs?: number } = {}): Promise<RunningOcirelay> {
     const dir = path.join(this.workDir, `ocirelay-${++this.counter}`);
     await mkdir(dir, { recursive: true });
-    const r = await this.launcher.start({ dir, upstreamUrl: this.upstream.url, logLevel: 'warn', nodeArgs: this.options.ocirelayNodeArgs, ...(extraConfig ? { extraConfig } : {}) });
+    const r = await this.launcher.start({ dir, upstreamUrl: this.upstream.url, logLevel: 'warn', nodeArgs: this.options.ocirelayNodeArgs, ...(extraConfig ? { extraConfig } : {}), ...how });
     const stop = this.track(async () => {
       await r.stop();
       await rm(dir, { recursive: true, force: true });

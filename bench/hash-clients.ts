@@ -94,9 +94,18 @@ function startClient(file: string, url: string, o: HashGetOptions): Client {
  * `n` hashing clients against one URL, released together; resolves when every one is done.
  * Rejects when any client failed (transport error, non-200, short body, digest mismatch).
  */
-export async function concurrentHashGets(url: string, n: number, o: HashGetOptions): Promise<ConcurrentResult> {
+export function concurrentHashGets(url: string, n: number, o: HashGetOptions): Promise<ConcurrentResult> {
+  return concurrentHashGetsOf(Array.from({ length: n }, () => url), o);
+}
+
+/**
+ * One hashing client per URL (the same blob through several servers, e.g. the members of a
+ * region), all released together; results in the order of `urls`.
+ */
+export async function concurrentHashGetsOf(urls: readonly string[], o: HashGetOptions): Promise<ConcurrentResult> {
   const file = await clientBundle();
-  const clients = Array.from({ length: n }, () => startClient(file, url, o));
+  const url = [...new Set(urls)].join(' ');
+  const clients = urls.map((u) => startClient(file, u, o));
   const timer = setTimeout(() => clients.forEach((c) => c.kill()), o.timeoutMs);
   try {
     await Promise.all(clients.map((c) => c.ready));

@@ -28,6 +28,10 @@ export interface OcirelayStartOptions {
   startTimeoutMs?: number;
   /** More top-level config sections, e.g. `cache: {maxBytes}` for the soak's evictions. */
   extraConfig?: Record<string, unknown>;
+  /** Listen port chosen beforehand (cluster members list each other's URLs); default a free one. */
+  port?: number;
+  /** More environment variables, e.g. the S3 credentials (the SDK's default chain reads them). */
+  env?: Record<string, string>;
 }
 
 export interface RunningOcirelay {
@@ -80,7 +84,7 @@ export class OcirelayLauncher {
   private async startOnce(o: OcirelayStartOptions, withAdmin: boolean): Promise<RunningOcirelay> {
     await mkdir(o.dir, { recursive: true });
     const dataDir = o.dataDir ?? path.join(o.dir, 'data');
-    const port = await freePort();
+    const port = o.port ?? (await freePort());
     const config: Record<string, unknown> = {
       listen: `127.0.0.1:${port}`,
       dataDir,
@@ -96,7 +100,7 @@ export class OcirelayLauncher {
     const child: ChildProcess = spawn(process.execPath, [...PRODUCTION_NODE_ARGS, ...(o.nodeArgs ?? []), this.bin, 'serve', '--config', cfgFile], {
       cwd: o.dir,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, OCIRELAY_CONFIG: '', OCIRELAY_LISTEN: '', OCIRELAY_DATA_DIR: '' },
+      env: { ...process.env, OCIRELAY_CONFIG: '', OCIRELAY_LISTEN: '', OCIRELAY_DATA_DIR: '', ...o.env },
     });
     const pid = await new Promise<number>((resolve, reject) => {
       child.once('spawn', () => resolve(child.pid as number));

@@ -3,13 +3,14 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 
-export const SCENARIOS = ['cold-pull', 'herd', 'warm-throughput', 'manifest-load', 'peak-rss', 'startup', 'soak', 'replication', 'failover'] as const;
+export const SCENARIOS = ['cold-pull', 'herd', 'warm-throughput', 'manifest-load', 'peak-rss', 'startup', 'soak', 'replication', 'failover', 'region-herd', 's3-read'] as const;
 export type ScenarioId = (typeof SCENARIOS)[number];
 /**
  * Scenarios that run only when named: the soak takes half an hour by itself; replication and
- * failover (issue 10) start regions of their own and are judged apart from issue 4.
+ * failover (issue 10), region-herd and s3-read (issue 11: a region of instances on one S3
+ * bucket, moto_server) start regions of their own and are judged apart from issue 4.
  */
-export const ONLY_WHEN_NAMED: readonly ScenarioId[] = ['soak', 'replication', 'failover'];
+export const ONLY_WHEN_NAMED: readonly ScenarioId[] = ['soak', 'replication', 'failover', 'region-herd', 's3-read'];
 /** What runs without --scenarios. */
 export const DEFAULT_SCENARIOS: readonly ScenarioId[] = SCENARIOS.filter((s) => !ONLY_WHEN_NAMED.includes(s));
 
@@ -73,12 +74,12 @@ export interface BenchOptions {
 export const USAGE = `usage: npm run bench -- [options]
 
   --scenarios a,b    ${SCENARIOS.join(', ')}
-                     (default: all but soak, replication and failover)
+                     (default: all but soak, replication, failover, region-herd and s3-read)
   --sizes a,b        layer sizes for cold-pull and warm-throughput: ${Object.keys(SIZE_BYTES).join(', ')}
                      (default 4m,256m,1g)
   --reps N           repetitions per contender and case (default 5)
   --reps-large N     repetitions for 1g cases (default: --reps)
-  --herd-size S      blob size for the herd (default 256m)
+  --herd-size S      blob size for the herd, region-herd and s3-read (default 256m)
   --herd-clients a,b concurrent clients in the herd (default 16,32)
   --warm-clients a,b concurrent clients in warm throughput (default 1,8)
   --load-seconds N   seconds of load per manifest measurement (default 5)

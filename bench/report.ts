@@ -2,85 +2,17 @@
 // medians with spread, machine info) and the SVG charts of the herd and throughput scenarios.
 import type { MachineInfo } from './machine-info.ts';
 import type { ScenarioId } from './options.ts';
-import { findSummary, formatValue, type Contender, type ScenarioResult } from './results-model.ts';
-import type { Summary } from './stats.ts';
+import { findSummary, type Contender, type ScenarioResult } from './results-model.ts';
 import { FD_TOLERANCE, RSS_TOLERANCE, SOAK_MIN_JUDGED_SECONDS } from './scenarios/soak.ts';
 import { barChartSvg, type BarGroup, type Panel } from './svg-chart.ts';
 import { lineChartSvg, type LinePanel } from './svg-line-chart.ts';
 import type { Trend } from './trend.ts';
+import { cases, cell, med, NAMES, ratioCheck, type TargetCheck } from './report-checks.ts';
+import { regionChecks } from './report-region.ts';
+
+export type { TargetCheck } from './report-checks.ts';
 
 export type Results = Partial<Record<ScenarioId, ScenarioResult>>;
-
-export interface TargetCheck {
-  /** Issue 4's letter: a..f; g for the soak (issue 9); h, i: replication and failover (issue 10). */
-  id: string;
-  scenario: ScenarioId;
-  case: string;
-  measure: string;
-  ocirelay: string;
-  reference: string;
-  /** The judged ratio (or the absolute value, for e and f). */
-  value: number | undefined;
-  valueText: string;
-  target: string;
-  /** undefined: not judged (information, or not measured). */
-  met: boolean | undefined;
-}
-
-const NAMES: Record<Contender, string> = {
-  ocirelay: 'ocirelay',
-  'distribution-proxy': 'Distribution proxy',
-  upstream: 'upstream direct',
-  nginx: 'nginx sendfile',
-  'ocirelay-empty-cache': 'ocirelay, empty cache',
-};
-
-function cases(r: ScenarioResult): string[] {
-  return [...new Set(r.samples.map((s) => s.case))];
-}
-
-function med(s: Summary | undefined): number | undefined {
-  return s && Number.isFinite(s.median) ? s.median : undefined;
-}
-
-function ratio(a: number | undefined, b: number | undefined): number | undefined {
-  return a !== undefined && b !== undefined && b !== 0 ? a / b : undefined;
-}
-
-function cell(s: Summary | undefined, unit: string): string {
-  if (!s || s.n === 0) return '—';
-  if (s.n === 1) return formatValue(s.median, unit);
-  return `${formatValue(s.median, unit)} (${formatValue(s.min, unit)}–${formatValue(s.max, unit)}, n=${s.n})`;
-}
-
-function ratioCheck(
-  id: string,
-  r: ScenarioResult,
-  c: string,
-  metric: string,
-  measure: string,
-  ref: Contender,
-  op: '<=' | '>=' | 'info',
-  bound: number,
-): TargetCheck {
-  const unit = r.metrics[metric]?.unit ?? '';
-  const a = findSummary(r, c, 'ocirelay', metric);
-  const b = findSummary(r, c, ref, metric);
-  const v = ratio(med(a), med(b));
-  const failed = (r.failures ?? []).filter((f) => f.case === c && f.contender === 'ocirelay').length;
-  return {
-    id,
-    scenario: r.scenario,
-    case: c,
-    measure,
-    ocirelay: cell(a, unit),
-    reference: `${NAMES[ref]}: ${cell(b, unit)}`,
-    value: v,
-    valueText: (v === undefined ? '—' : `${v.toFixed(2)}x`) + (failed ? ` (ocirelay failed ${failed} sample${failed > 1 ? 's' : ''})` : ''),
-    target: op === 'info' ? '(info)' : `${op} ${bound}x`,
-    met: op === 'info' ? undefined : failed > 0 ? false : v === undefined ? undefined : op === '<=' ? v <= bound : v >= bound,
-  };
-}
 
 export const RSS_LIMIT_BYTES = 150e6;
 export const READY_LIMIT_S = 2;
@@ -193,6 +125,7 @@ export function evaluateTargets(res: Results): TargetCheck[] {
       out.push(ratioCheck('i', i, c, 'seconds', measure, 'upstream', reference ? 'info' : '<=', FAILOVER_RATIO));
     }
   }
+  out.push(...regionChecks(res));
   return out;
 }
 
@@ -299,6 +232,8 @@ const DETAIL_METRICS: Record<ScenarioId, string[]> = {
   soak: ['rssBytes', 'fds', 'cpuS', 'coldPulls', 'warmGets', 'manifestGets', 'disconnects', 'errors', 'pushErrors', 'alive', 'rssLastHalfRise', 'fdsLastHalfRise'],
   replication: ['lagS', 'lagP50S', 'lagP99S', 'lagMaxS', 'lastAtPeerS', 'pullS', 'transferS', 'senderCpuS', 'receiverCpuS', 'bytes'],
   failover: ['seconds', 'proxyCpuS', 'peerCpuS', 'upstreamGets'],
+  'region-herd': ['wallS', 'ttfbP50S', 'upstreamRatio', 'upstreamGets', 'ownerCpuS', 'memberCpuMaxS', 'regionCpuS', 'regionCpuSPerGiB', 'peakRssMax', 'ownerFailures', 'writeBehindS'],
+  's3-read': ['throughput', 'wallS', 'ttfbS', 'serverCpuS', 's3ServerCpuS', 's3Hits'],
 };
 
 function detailTable(r: ScenarioResult): string {
@@ -342,7 +277,7 @@ export function renderMarkdown(i: ReportInput): string {
   if (i.failures.length > 0) {
     out.push('## Failures', '', ...i.failures.map((f) => `- ${f.split('\n')[0]}`), '');
   }
-  out.push('## Targets (issue 4; g, the soak: issue 9; h, i, replication and failover: issue 10)', '');
+  out.push('## Targets (issue 4; g, the soak: issue 9; h, i, replication and failover: issue 10; j, k, the region on S3: issue 11)', '');
   out.push('| | case | measure | ocirelay | reference | ratio / value | target | result |', '| --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const t of i.targets) {
     out.push(`| ${t.id} | ${esc(t.case)} | ${esc(t.measure)} | ${esc(t.ocirelay)} | ${esc(t.reference)} | ${esc(t.valueText)} | ${esc(t.target)} | ${verdict(t.met)} |`);

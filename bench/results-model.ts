@@ -4,7 +4,11 @@ import type { Mode, ScenarioId } from './options.ts';
 import { summarize, type Summary } from './stats.ts';
 import { progress } from './progress.ts';
 
-export type Contender = 'ocirelay' | 'distribution-proxy' | 'upstream' | 'nginx' | 'ocirelay-empty-cache';
+/**
+ * `ocirelay-region`: three ocirelay instances on one S3 bucket with a cluster ring (issue 11);
+ * `s3-sdk`: a plain AWS SDK GetObject from the bench process (the S3 read reference).
+ */
+export type Contender = 'ocirelay' | 'distribution-proxy' | 'upstream' | 'nginx' | 'ocirelay-empty-cache' | 'ocirelay-region' | 's3-sdk';
 
 export interface Sample {
   /** What was measured, e.g. '256m', '16 clients', '1g x8', 'by tag', '100000 blobs'. */

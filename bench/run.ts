@@ -4,6 +4,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { requireMoto } from '../test/fixtures/moto.ts';
 import { requireBinary } from '../test/fixtures/processes.ts';
 import { BenchEnv } from './bench-env.ts';
 import { machineInfo } from './machine-info.ts';
@@ -16,7 +17,9 @@ import { failover } from './scenarios/failover.ts';
 import { herd } from './scenarios/herd.ts';
 import { manifestLoad } from './scenarios/manifest-load.ts';
 import { peakRssFrom } from './scenarios/peak-rss.ts';
+import { regionHerd } from './scenarios/region-herd.ts';
 import { replication } from './scenarios/replication.ts';
+import { s3Read } from './scenarios/s3-read.ts';
 import { soak } from './scenarios/soak.ts';
 import { startup } from './scenarios/startup.ts';
 import { warmThroughput } from './scenarios/warm-throughput.ts';
@@ -33,6 +36,8 @@ const RUNNERS: Record<Exclude<ScenarioId, 'peak-rss'>, (env: BenchEnv) => Promis
   soak,
   replication,
   failover,
+  'region-herd': regionHerd,
+  's3-read': s3Read,
 };
 
 /** The selected scenarios in canonical order; peak-rss needs herd and warm-throughput. */
@@ -50,6 +55,8 @@ async function preflight(scenarios: ScenarioId[]): Promise<void> {
   if (scenarios.includes('warm-throughput') || scenarios.includes('manifest-load')) need.push('nginx');
   if (scenarios.includes('manifest-load')) need.push('wrk');
   for (const b of need) await requireBinary(b);
+  // The region scenarios' S3 is moto_server: missing, the run stops here, saying how to install it.
+  if (scenarios.includes('region-herd') || scenarios.includes('s3-read')) await requireMoto();
 }
 
 function localDate(d: Date): string {
