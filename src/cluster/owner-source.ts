@@ -73,11 +73,12 @@ export class OwnerSource implements ContentSource {
 
   async headManifest(ref: ManifestRef, accept: readonly string[]): Promise<ManifestHead> {
     const member = this.#owner(manifestKey(ref), 'MANIFEST_UNKNOWN');
-    const head = await this.#ask(member, 'manifest_head', (s) => s.headManifest(ref, accept));
-    if (head.status >= 500) {
-      this.#failed(member, 'http_5xx', new Error(`HEAD answered ${head.status}`), false);
-      throw await head.error();
-    }
+    // A HEAD's status comes back as an answer, not an error: judged here like #ask judges errors.
+    const head = await this.#ask(member, 'manifest_head', async (s) => {
+      const h = await s.headManifest(ref, accept);
+      if (h.status !== 200 && (h.status === 404 || h.status >= 500)) throw await h.error();
+      return h;
+    });
     return head;
   }
 
