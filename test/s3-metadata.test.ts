@@ -16,6 +16,10 @@ import { RegionMetrics } from '../src/s3/region-metrics.ts';
 import { linkKey, tagKey, pinKey, parseTagKey, parseFrozenKey, frozenKey, refOfPinKey } from '../src/s3/metadata-keys.ts';
 import { CacheIndex } from '../src/storage/cache-index.ts';
 import { CacheLayout } from '../src/storage/layout.ts';
+import { startRegionMetadata } from '../src/s3/region-metadata.ts';
+import { CacheEvents } from '../src/cache-events.ts';
+import { Metrics } from '../src/metrics.ts';
+import { DiskBlobStore } from '../src/storage/disk-blob-store.ts';
 import { startMoto, type MotoFixture } from './fixtures/moto.ts';
 import { makeTempDir, removeTempDir } from './fixtures/processes.ts';
 
@@ -229,6 +233,46 @@ test('pins and frozen tags round-trip between instances through the bucket (the 
   assert.equal(indexA.frozen('docker.io', 'library/pinned', 'old')?.digest, child);
   // The tombstones keep A from uploading its older state again.
   assert.equal(a.shared.pendingWrites, 0);
+});
+
+test('startRegionMetadata (as main.ts wires it): the region’s pins and frozen tags reach the local index at start; links and tag resolutions go out; it holds the budget lease', async () => {
+  const writer = await instance(moto.endpoint);
+  const ref = 'docker.io/library/wired:2';
+  const root = dg('wired-root');
+  writer.shared.writePin({ ref, registry: 'docker.io', repository: 'library/wired', digests: [root, dg('wired-layer')], pinned: true, at: Date.now() - 1_000 });
+  writer.shared.writeFrozen({ registry: 'docker.io', repository: 'library/wired', tag: '2', digest: root, at: Date.now() - 1_000 });
+  assert.equal(await writer.shared.flush(10_000), true);
+
+  const dir = await makeTempDir('ocirelay-meta-wired-');
+  const layout = new CacheLayout(dir);
+  const index = new CacheIndex(layout, logger);
+  await index.init();
+  const disk = new DiskBlobStore(layout, logger);
+  await disk.init();
+  const events = new CacheEvents();
+  const metrics = new Metrics();
+  const region = startRegionMetadata({ bucket: bucketOf(moto.endpoint), index, disk, events, metrics, logger, dataDir: dir, maxBytes: 2 ** 30, instance: 'http://10.0.0.7:5000' });
+  cleanups.push(async () => {
+    await region.close();
+    await index.close();
+    await removeTempDir(dir);
+  });
+  assert.equal(region.instanceId, '10.0.0.7_5000');
+  // The first sync runs at start (not awaited by it): sync() joins the one in flight.
+  await region.shared.sync();
+  assert.equal(index.isPinned(dg('wired-layer')), true);
+  assert.equal(index.frozen('docker.io', 'library/wired', '2')?.digest, root);
+
+  // A HEAD confirmation (a local link), a tag resolution event: both reach the bucket.
+  const layer = dg('wired-confirmed');
+  index.link('docker.io', 'library/wired', layer);
+  await events.tagResolved({ registry: 'docker.io', repository: 'library/wired', tag: 'latest', digest: root, mediaType: MT, resolvedAt: Date.now(), via: 'upstream' });
+  assert.equal(await region.shared.flush(10_000), true);
+  assert.equal(await writer.shared.isLinked('docker.io', 'library/wired', layer), true);
+  assert.equal((await writer.shared.tag('docker.io', 'library/wired', 'latest'))?.digest, root);
+  // With maxBytes it contends for the budget lease (alone here: it holds it).
+  for (let i = 0; i < 100 && region.budget && (await metrics.registry.getSingleMetricAsString('ocirelay_s3_budget_leader')).endsWith(' 0'); i++) await new Promise((r) => setTimeout(r, 50));
+  assert.match(await metrics.registry.getSingleMetricAsString('ocirelay_s3_budget_leader'), / 1$/);
 });
 
 test('S3 not answering: reads say "not known" quickly, writes wait and complete when it is back', async () => {
