@@ -55,8 +55,12 @@ export class OwnerSource implements ContentSource {
     const got = await this.#ask(member, 'blob', (s) => s.openBlob(ref, signal, expectedSize));
     // The owner dying mid-body fails this fill (its clients see an aborted transfer); a retry
     // must not wait for the next health check to learn it.
-    got.body.once('error', (e: unknown) => {
-      if (isUpstreamError(e) && e.kind !== 'aborted') this.#failed(member, 'mid_body', e);
+    // (`on`, not `once`: a listener of ours never leaves a later 'error' unhandled.)
+    let counted = false;
+    got.body.on('error', (e: unknown) => {
+      if (counted || !isUpstreamError(e) || e.kind === 'aborted') return;
+      counted = true;
+      this.#failed(member, 'mid_body', e);
     });
     return got;
   }
