@@ -6,20 +6,34 @@ import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort } from '../test/fixtures/ports.ts';
-import { HeadObjectCommand } from '@aws-sdk/client-s3';
+import { DeleteObjectsCommand, HeadObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { motoClient, startMoto, type MotoFixture } from '../test/fixtures/moto.ts';
 import type { BenchEnv } from './bench-env.ts';
 import type { RunningOcirelay } from './ocirelay-launcher.ts';
+import { progress } from './progress.ts';
 
 /** Start-up allowance: three instances start at once (and check the bucket) on two shared cores. */
 const START_TIMEOUT_MS = 120_000;
 const CLUSTER_TOKEN = 'bench-region-cluster-token-0123456789';
 
-/** moto_server for one scenario, stopped by the env's close() at the latest. */
-export async function startBenchMoto(env: BenchEnv): Promise<MotoFixture> {
-  const moto = await startMoto();
-  const stop = env.track(() => moto.stop());
-  return { ...moto, stop };
+const motos = new WeakMap<BenchEnv, Promise<MotoFixture>>();
+
+/**
+ * The run's moto_server, started on first use and shared by the region scenarios (each uses
+ * buckets of its own; starting moto takes seconds), stopped by the env's close().
+ */
+export function benchMoto(env: BenchEnv): Promise<MotoFixture> {
+  let m = motos.get(env);
+  if (!m) {
+    m = startMoto().then((moto) => {
+      env.track(() => moto.stop());
+      return moto;
+    });
+    // A failed start is not cached: the next scenario tries again (and fails loudly too).
+    m.catch(() => motos.delete(env));
+    motos.set(env, m);
+  }
+  return m;
 }
 
 /** The `storage:` section for a bucket on the bench's moto. */
@@ -45,6 +59,7 @@ export interface Region {
  * of a digest is the same for all of them from the first request.
  */
 export async function startRegion(env: BenchEnv, moto: MotoFixture, bucket: string, n: number): Promise<Region> {
+  const t0 = performance.now();
   const tokenFile = path.join(env.workDir, 'cluster-token');
   await writeFile(tokenFile, `${CLUSTER_TOKEN}\n`);
   const ports: number[] = [];
@@ -68,6 +83,8 @@ export async function startRegion(env: BenchEnv, moto: MotoFixture, bucket: stri
     await stop();
     throw e;
   }
+  const ready = instances.map((i) => `${(i.readyzMs / 1000).toFixed(1)} s`).join(', ');
+  progress(`region of ${n} on bucket ${bucket}: each sees ${n} live members after ${((performance.now() - t0) / 1000).toFixed(1)} s (ready after ${ready})`);
   return { instances, members, stop };
 }
 
@@ -127,4 +144,19 @@ export async function waitObject(moto: MotoFixture, bucket: string, key: string,
 /** The content key of a digest in a bucket without prefix (src/s3/bucket-layout.ts). */
 export function contentKey(digest: string): string {
   return `blobs/sha256/${digest.slice('sha256:'.length)}`;
+}
+
+/** Deletes every object of a bucket (a page of up to 1000 keys at a time, at most 100 pages). */
+export async function emptyBucket(moto: MotoFixture, bucket: string): Promise<void> {
+  const s3 = motoClient(moto.endpoint);
+  try {
+    for (let page = 0; page < 100; page++) {
+      const listed = await s3.send(new ListObjectsV2Command({ Bucket: bucket, MaxKeys: 1000 }));
+      const keys = (listed.Contents ?? []).flatMap((c) => (c.Key !== undefined ? [{ Key: c.Key }] : []));
+      if (keys.length === 0) return;
+      await s3.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: keys } }));
+    }
+  } finally {
+    s3.destroy();
+  }
 }

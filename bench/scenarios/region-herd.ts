@@ -11,8 +11,9 @@ import { concurrentHashGetsOf } from '../hash-clients.ts';
 import type { RunningOcirelay } from '../ocirelay-launcher.ts';
 import { warmPageCache } from '../page-cache.ts';
 import { cpuSeconds, peakRss } from '../proc-stats.ts';
+import { progress } from '../progress.ts';
 import { ScenarioRecorder, type Contender, type ScenarioResult } from '../results-model.ts';
-import { contentKey, metricValue, startBenchMoto, startRegion, waitObject, waitWriteBehind } from '../s3-region.ts';
+import { benchMoto, contentKey, emptyBucket, metricValue, startRegion, waitObject, waitWriteBehind } from '../s3-region.ts';
 import { upstreamBlobFile, type SeededImage } from '../seed.ts';
 import { quantile } from '../stats.ts';
 
@@ -60,43 +61,43 @@ export async function regionHerd(env: BenchEnv): Promise<ScenarioResult> {
       reference: 'single-instance herd: one fresh ocirelay, no S3, no cluster, warmed up the same way',
     },
   );
-  const moto = await startBenchMoto(env);
-  try {
-    for (let rep = 1; rep <= o.reps; rep++) {
-      const order = rep % 2 === 1 ? CONTENDERS : [...CONTENDERS].reverse();
-      for (const contender of order) {
-        await rec.measure({ case: name, contender, rep }, async () => {
-          if (contender === 'ocirelay') {
-            const one = await env.coldOcirelay();
-            try {
-              await env.warmUpProcess(one.host);
-              return await herdOver(env, img, [one], [one.url], clients, 0);
-            } finally {
-              await one.stop();
-            }
-          }
-          const bucket = `bench-region-herd-${rep}`;
-          await moto.createBucket(bucket);
-          const region = await startRegion(env, moto, bucket, REGION_INSTANCES);
+  const moto = await benchMoto(env);
+  for (let rep = 1; rep <= o.reps; rep++) {
+    const order = rep % 2 === 1 ? CONTENDERS : [...CONTENDERS].reverse();
+    for (const contender of order) {
+      await rec.measure({ case: name, contender, rep }, async () => {
+        if (contender === 'ocirelay') {
+          const one = await env.coldOcirelay();
           try {
-            for (const i of region.instances) await env.warmUpProcess(i.host);
-            // The warm-up's own write-behind is done before the herd starts.
-            await waitWriteBehind(region.instances, 60_000);
-            const owner = region.members.indexOf(ownerOf(blob.digest, region.members) ?? '');
-            const m = await herdOver(env, img, region.instances, region.members, clients, owner);
-            const t0 = performance.now();
-            await waitObject(moto, bucket, contentKey(blob.digest), 300_000);
-            await waitWriteBehind(region.instances, 300_000);
-            m.values.writeBehindS = (performance.now() - t0) / 1000 + m.sinceDoneS;
-            return m;
+            await env.warmUpProcess(one.host);
+            return await herdOver(env, img, [one], [one.url], clients, 0);
           } finally {
-            await region.stop();
+            await one.stop();
           }
-        });
-      }
+        }
+        const bucket = `bench-region-herd-${rep}`;
+        await moto.createBucket(bucket);
+        const region = await startRegion(env, moto, bucket, REGION_INSTANCES);
+        try {
+          const w0 = performance.now();
+          await Promise.all(region.instances.map((i) => env.warmUpProcess(i.host)));
+          // The warm-up's own write-behind is done before the herd starts.
+          await waitWriteBehind(region.instances, 60_000);
+          progress(`[region-herd] the ${REGION_INSTANCES} instances pulled bench/warmup in ${((performance.now() - w0) / 1000).toFixed(1)} s`);
+          const owner = region.members.indexOf(ownerOf(blob.digest, region.members) ?? '');
+          const m = await herdOver(env, img, region.instances, region.members, clients, owner);
+          const t0 = performance.now();
+          await waitObject(moto, bucket, contentKey(blob.digest), 300_000);
+          await waitWriteBehind(region.instances, 300_000);
+          m.values.writeBehindS = (performance.now() - t0) / 1000 + m.sinceDoneS;
+          return m;
+        } finally {
+          await region.stop();
+          // moto holds objects in memory: a 256 MiB blob per repetition is let go.
+          await emptyBucket(moto, bucket);
+        }
+      });
     }
-  } finally {
-    await moto.stop();
   }
   rec.note(`upstream bytes are counted at the upstream (Distribution's access log) after it went quiet; the region's owner is the member with the highest rendezvous weight for the digest among ${REGION_INSTANCES} live members`);
   return rec.finish();

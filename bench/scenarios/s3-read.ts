@@ -17,7 +17,7 @@ import type { RunningOcirelay } from '../ocirelay-launcher.ts';
 import { cpuSeconds } from '../proc-stats.ts';
 import { deadUpstreamUrl, REGISTRY } from '../regions.ts';
 import { ScenarioRecorder, type Contender, type ScenarioResult } from '../results-model.ts';
-import { contentKey, metricValue, startBenchMoto, startS3Instance, waitObject, waitMetric, waitWriteBehind } from '../s3-region.ts';
+import { contentKey, metricValue, benchMoto, startS3Instance, waitObject, waitMetric, waitWriteBehind } from '../s3-region.ts';
 import type { SeededBlob, SeededImage } from '../seed.ts';
 
 const CONTENDERS: Contender[] = ['ocirelay', 's3-sdk'];
@@ -45,7 +45,7 @@ export async function s3Read(env: BenchEnv): Promise<ScenarioResult> {
     { blob: { repo: img.repo, digest: blob.digest, size: blob.size }, reps: o.reps, contenders: CONTENDERS, warmFromS3: WARM_FROM_S3, client: 'ocirelay: one node client process, sha256 checked; s3-sdk: @aws-sdk/client-s3 GetObject in the bench process, sha256 checked' },
   );
   rec.note(WARM_FROM_S3);
-  const moto = await startBenchMoto(env);
+  const moto = await benchMoto(env);
   const s3 = motoClient(moto.endpoint);
   try {
     await moto.createBucket(BUCKET);
@@ -83,7 +83,6 @@ export async function s3Read(env: BenchEnv): Promise<ScenarioResult> {
     }
   } finally {
     s3.destroy();
-    await moto.stop();
   }
   return rec.finish();
 }
