@@ -122,6 +122,13 @@ export class OwnerSource implements ContentSource {
   #source(member: string): RegistrySource {
     let s = this.#sources.get(member);
     if (s) return s;
+    // Pods come and go with new addresses: the connections of members no longer known are closed.
+    const known = new Set(this.o.members.known());
+    for (const [m, old] of this.#sources) {
+      if (known.has(m)) continue;
+      this.#sources.delete(m);
+      void old.transport.close().catch(() => undefined);
+    }
     const http = new PeerHttp(
       { name: member, url: member },
       {
