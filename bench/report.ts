@@ -232,7 +232,7 @@ const DETAIL_METRICS: Record<ScenarioId, string[]> = {
   soak: ['rssBytes', 'fds', 'cpuS', 'coldPulls', 'warmGets', 'manifestGets', 'disconnects', 'errors', 'pushErrors', 'alive', 'rssLastHalfRise', 'fdsLastHalfRise'],
   replication: ['lagS', 'lagP50S', 'lagP99S', 'lagMaxS', 'lastAtPeerS', 'pullS', 'transferS', 'senderCpuS', 'receiverCpuS', 'bytes'],
   failover: ['seconds', 'proxyCpuS', 'peerCpuS', 'upstreamGets'],
-  'region-herd': ['wallS', 'ttfbP50S', 'upstreamRatio', 'upstreamGets', 'ownerCpuS', 'memberCpuMaxS', 'regionCpuS', 'regionCpuSPerGiB', 'peakRssMax', 'ownerFailures', 'writeBehindS'],
+  'region-herd': ['wallS', 'ttfbP50S', 'upstreamRatio', 'upstreamGets', 'ownerCpuS', 'memberCpuMaxS', 'regionCpuS', 'regionCpuSPerGiB', 'peakRssMax', 'ownerFailures', 's3ServerCpuS', 'writeBehindS'],
   's3-read': ['throughput', 'wallS', 'ttfbS', 'serverCpuS', 's3ServerCpuS', 's3Hits'],
 };
 

@@ -48,6 +48,7 @@ export async function regionHerd(env: BenchEnv): Promise<ScenarioResult> {
       regionCpuSPerGiB: { unit: 's/GiB', better: 'lower', description: 'regionCpuS / GiB the clients received' },
       peakRssMax: { unit: 'bytes', better: 'lower', description: 'the largest peak RSS (VmHWM) of the instances (fresh processes)' },
       ownerFailures: { unit: '', better: 'lower', description: 'reads from the owner that failed (ocirelay_cluster_owner_failures_total, all instances): then fetched directly' },
+      s3ServerCpuS: { unit: 's', better: 'lower', description: "CPU seconds of moto_server (the region's S3, on the same two cores) during the herd: the owner's write-behind starts when its fill commits, possibly while clients still read" },
       writeBehindS: { unit: 's', better: 'lower', description: "from the last client done until the blob is in the bucket and no instance's write-behind has anything pending" },
     },
     {
@@ -85,7 +86,7 @@ export async function regionHerd(env: BenchEnv): Promise<ScenarioResult> {
           await waitWriteBehind(region.instances, 60_000);
           progress(`[region-herd] the ${REGION_INSTANCES} instances pulled bench/warmup in ${((performance.now() - w0) / 1000).toFixed(1)} s`);
           const owner = region.members.indexOf(ownerOf(blob.digest, region.members) ?? '');
-          const m = await herdOver(env, img, region.instances, region.members, clients, owner);
+          const m = await herdOver(env, img, region.instances, region.members, clients, owner, moto.process.pid);
           const t0 = performance.now();
           await waitObject(moto, bucket, contentKey(blob.digest), 300_000);
           await waitWriteBehind(region.instances, 300_000);
@@ -106,7 +107,8 @@ export async function regionHerd(env: BenchEnv): Promise<ScenarioResult> {
 /**
  * The herd itself: `clients` hashing clients round-robin over `instances`, released together;
  * the upstream's traffic for the blob after it went quiet; CPU of each instance during the herd.
- * `members` are the instances' names in the ring (their URLs); `owner` the index of the blob's owner.
+ * `members` are the instances' names in the ring (their URLs); `owner` the index of the blob's
+ * owner; `s3Pid` moto_server's, whose CPU during the herd is recorded too.
  */
 async function herdOver(
   env: BenchEnv,
@@ -115,6 +117,7 @@ async function herdOver(
   members: string[],
   clients: number,
   owner: number,
+  s3Pid?: number,
 ): Promise<{ values: Record<string, number>; detail: Record<string, unknown>; sinceDoneS: number }> {
   const blob = img.layer;
   await warmPageCache([upstreamBlobFile(env.upstream, blob.digest)]);
@@ -122,10 +125,12 @@ async function herdOver(
   const mark = await env.meter.mark();
   const failures0 = await ownerFailures(instances);
   const cpu0 = await Promise.all(instances.map((i) => cpuSeconds(i.pid)));
+  const s3Cpu0 = s3Pid === undefined ? undefined : await cpuSeconds(s3Pid);
   const urls = Array.from({ length: clients }, (_, k) => `${(instances[k % instances.length] as RunningOcirelay).url}/v2/${img.repo}/blobs/${blob.digest}`);
   const r = await concurrentHashGetsOf(urls, { expectDigest: blob.digest, expectBytes: blob.size, timeoutMs: 900_000 });
   const done = performance.now();
   const cpu1 = await Promise.all(instances.map((i) => cpuSeconds(i.pid)));
+  const s3Cpu1 = s3Pid === undefined ? undefined : await cpuSeconds(s3Pid);
   const rss = await Promise.all(instances.map((i) => peakRss(i.pid)));
   await env.meter.waitQuiet(600);
   const t = await env.meter.trafficSince(mark, blob.digest);
@@ -150,6 +155,7 @@ async function herdOver(
     ...(others.length > 0 && others.every(Number.isFinite) ? { memberCpuMaxS: Math.max(...others) } : {}),
     ...(peaks.length > 0 ? { peakRssMax: Math.max(...peaks) } : {}),
     ...(instances.length > 1 ? { ownerFailures: failures } : {}),
+    ...(s3Cpu0 !== undefined && s3Cpu1 !== undefined ? { s3ServerCpuS: s3Cpu1 - s3Cpu0 } : {}),
   };
   return {
     values,
