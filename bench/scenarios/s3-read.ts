@@ -52,7 +52,6 @@ export async function s3Read(env: BenchEnv): Promise<ScenarioResult> {
     await seedBucket(env, moto, img);
     // The reference client's connection and code path are warm too.
     await sdkGet(s3, env.seeded.warmup.layer);
-    const dead = await deadUpstreamUrl();
     for (let rep = 1; rep <= o.reps; rep++) {
       const order = rep % 2 === 1 ? CONTENDERS : [...CONTENDERS].reverse();
       for (const contender of order) {
@@ -63,7 +62,8 @@ export async function s3Read(env: BenchEnv): Promise<ScenarioResult> {
             const cpu1 = await cpuSeconds(moto.process.pid);
             return { values: { throughput: blob.size / r.wallS, wallS: r.wallS, ttfbS: r.ttfbS, ...diff('s3ServerCpuS', cpu0, cpu1) } };
           }
-          const b = await startS3Instance(env, moto, BUCKET, { registries: { [REGISTRY]: { url: dead, tagTTL: '5m' } } });
+          // A port nothing listens on, taken afresh (a port once free may be reused later).
+          const b = await startS3Instance(env, moto, BUCKET, { registries: { [REGISTRY]: { url: await deadUpstreamUrl(), tagTTL: '5m' } } });
           try {
             await hashGet(b, env.seeded.warmup.repo, env.seeded.warmup.layer);
             const hits0 = await metricValue(b.url, 'ocirelay_s3_reads_total', { result: 'hit' });
