@@ -219,8 +219,9 @@ test('upstream stopped: B (empty disk) serves a blob and the manifest A fetched 
   const manifestUrl = `${b.url}/v2/${img.repo}/manifests/${img.manifestDigest}`;
   const accept = { accept: 'application/vnd.oci.image.manifest.v1+json' };
   assert.equal((await fetch(manifestUrl, { method: 'HEAD', headers: accept })).status, 200);
-  assert.equal(existsSync(blobFile(b, layer!.digest)), false, 'B has nothing on disk');
-  assert.equal(existsSync(blobFile(b, img.manifestDigest)), false);
+  assert.equal(existsSync(blobFile(b, layer!.digest)), false, 'B has none of the blobs on disk');
+  // (The manifest may be: once A's write-behind has put it in the bucket, B's HEAD can be answered
+  // from S3 and the small, verified manifest kept. Either way the reads below count S3 hits.)
   await upstream.stop();
   // The manifest by digest, from the bucket (content-addressed like blobs), its digest checked.
   const m = await download(manifestUrl, { headers: accept, keep: true });
