@@ -1,6 +1,7 @@
 // The cluster ring (issue 11 item 4: one upstream fetch per region) with real components: three
-// ocirelay processes listing each other in `cluster.members` with a shared token file, in front
-// of one seeded Distribution registry (through a tampering pass-through that can slow a blob
+// ocirelay processes listing each other in `cluster.members` with a shared token file and one
+// S3 bucket (moto_server: storage.s3, as a region runs them), in front of one seeded
+// Distribution registry (through a tampering pass-through that can slow a blob
 // down, so a kill lands mid-fill). Upstream requests are counted in the registry's access log.
 // One set of processes serves every test, in order; the last one kills a member.
 import assert from 'node:assert/strict';
@@ -11,6 +12,8 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { ownerOf } from '../src/cluster/rendezvous.ts';
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { motoClient, startMoto, type MotoFixture } from './fixtures/moto.ts';
 import { freePort } from './fixtures/ports.ts';
 import { startRegistry, type RegistryFixture } from './fixtures/registry.ts';
 import { startTamperProxy, type TamperProxy } from './fixtures/tamper-proxy.ts';
@@ -26,6 +29,7 @@ const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 const TAG_TTL_S = 4;
 
 let dir: string;
+let moto: MotoFixture;
 let upstream: RegistryFixture;
 let proxy: TamperProxy;
 let members: string[];
@@ -50,6 +54,8 @@ function blobUrl(n: OcirelayProcess, repo: string, digest: string): string {
 before(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), 'ocirelay-cluster-ring-'));
   await writeFile(path.join(dir, 'cluster-token'), `${TOKEN}\n`);
+  moto = await startMoto();
+  await moto.createBucket('cluster-ring');
   upstream = await startRegistry({ auth: 'none' });
   proxy = await startTamperProxy(upstream.url);
   const ports = [await freePort(), await freePort(), await freePort()];
@@ -60,8 +66,9 @@ before(async () => {
         registries: { 'docker.io': { url: proxy.url, tagTTL: `${TAG_TTL_S}s` } },
         upstream: { retries: 0 },
         cluster: { members, self: members[i], tokenFile: path.join(dir, 'cluster-token') },
+        storage: { s3: { bucket: 'cluster-ring', endpoint: moto.endpoint, region: 'us-east-1', forcePathStyle: true } },
       },
-      { port: ports[i]! },
+      { port: ports[i]!, env: { ...moto.env } },
     );
   };
   // The first start alone (on a loaded machine three cold starts at once can pass the helper's
@@ -77,6 +84,7 @@ after(async () => {
   for (const n of nodes) await n?.cleanup();
   await proxy?.stop();
   await upstream?.stop();
+  await moto?.stop();
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
@@ -110,6 +118,25 @@ test('16 concurrent cold pulls spread over the three members: one upstream GET p
   const big = herd.layers[0]!.digest;
   const owner = ownerOf(big, members)!;
   assert.ok((await nodeOf(owner).metric('ocirelay_cluster_member_requests_total', { result: 'accepted' })) >= 2, 'the owner served the members');
+  // The bucket holds each blob once, written behind by the member that fetched it.
+  const s3 = motoClient(moto.endpoint);
+  try {
+    await eventually(async () => {
+      const keys = new Set(((await s3.send(new ListObjectsV2Command({ Bucket: 'cluster-ring', Prefix: 'blobs/sha256/' }))).Contents ?? []).map((o) => o.Key));
+      return digests.every((d) => keys.has(`blobs/sha256/${d.slice('sha256:'.length)}`));
+    }, 'every blob of the image in the bucket', 30_000);
+  } finally {
+    s3.destroy();
+  }
+  // The blobs and the manifest, each written by the one member that fetched it (the others
+  // received it from that owner, as region content, which is not written again).
+  const writes = async (result: string) => {
+    let sum = 0;
+    for (const n of nodes) sum += await n.metric('ocirelay_s3_writes_total', { result });
+    return sum;
+  };
+  await eventually(async () => (await writes('created')) === digests.length + 1, 'one write per blob and the manifest', 15_000);
+  assert.equal(await writes('exists'), 0, 'no member uploaded what another member had fetched');
 });
 
 test('member reads carry the cluster token: a right one is served as a member read (fetched there), a wrong one as a client request', async () => {
