@@ -315,11 +315,12 @@ export class ManifestService {
       // Written to disk after the answer: the memory copy serves meanwhile, and only content
       // on disk is recorded as cached.
       this.storing.set(digest, { mediaType, size: body.length, refs: childRefs });
-      const p = this.d.disk
-        .put(digest, body)
+      // The journal record first, then the file (see CacheIndex.recordManifest).
+      const p = index
+        .recordManifest(digest, mediaType, body.length, childRefs)
+        .then(() => this.d.disk.put(digest, body))
         .then(
           async () => {
-            index.recordManifest(digest, mediaType, body.length, childRefs);
             void this.d.evictor.check();
             await this.announce(() =>
               this.d.events?.contentCommitted({ kind: 'manifest', registry: req.registry, repository: req.repository, digest, size: body.length, mediaType, via }),

@@ -138,6 +138,8 @@ export class ReceiveStore {
     let result: StoreResult = 'exists';
     if (!disk.has(digest)) {
       if (!this.d.health.writable) throw unavailable();
+      // The journal record before the file (see CacheIndex.recordManifest).
+      await index.recordManifest(digest, mediaType, p.body.length, childRefs);
       try {
         await disk.put(digest, p.body);
       } catch (e) {
@@ -147,7 +149,7 @@ export class ReceiveStore {
       result = 'stored';
       void this.d.evictor.check();
     }
-    index.recordManifest(digest, mediaType, p.body.length, childRefs);
+    await index.recordManifest(digest, mediaType, p.body.length, childRefs);
     index.link(r.registry, r.repository, digest);
     this.d.memory.set(digest, p.body);
     if (result === 'stored') {

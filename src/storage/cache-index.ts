@@ -253,9 +253,15 @@ export class CacheIndex {
     return this.manifests.get(digest);
   }
 
-  recordManifest(digest: Digest, mediaType: string, size: number, refs: Digest[] = []): void {
+  /**
+   * Resolves once the record is in the journal (or its write failed: counted, kept in memory).
+   * Callers that commit the manifest's file await it first, so a kill -9 between the two never
+   * leaves a manifest file the journal does not know (a record without its file is dropped at start).
+   */
+  recordManifest(digest: Digest, mediaType: string, size: number, refs: Digest[] = []): Promise<void> {
     const cur = this.manifests.get(digest);
-    if (!cur || cur.mediaType !== mediaType || cur.refs.length !== refs.length) this.appendQuietly({ t: 'manifest', d: digest, mt: mediaType, size, refs });
+    if (cur && cur.mediaType === mediaType && cur.refs.length === refs.length) return Promise.resolve();
+    return this.append({ t: 'manifest', d: digest, mt: mediaType, size, refs }).catch(() => undefined);
   }
 
   /** The manifest's content is gone (evicted, purged): forget what it referenced. */
