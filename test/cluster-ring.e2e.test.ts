@@ -140,7 +140,8 @@ test('16 concurrent cold pulls spread over the three members: one upstream GET p
 });
 
 test('member reads carry the cluster token: a right one is served as a member read (fetched there), a wrong one as a client request', async () => {
-  const img = await pushRandomImage(upstream.url, 'library/tokens', '1.0', Array.from({ length: 12 }, () => 64 * 1024));
+  // 30 layers: at least two of them hash to B but with a chance of about 1 in 12,000 (with 12 it was 1 in 18).
+  const img = await pushRandomImage(upstream.url, 'library/tokens', '1.0', Array.from({ length: 30 }, () => 64 * 1024));
   const [a, b] = [nodes[0]!, nodes[1]!];
   // Blobs B owns (among the three live members): asked at A.
   const ownedByB = img.layers.map((l) => l.digest).filter((d) => ownerOf(d, members) === b.url);
