@@ -6,18 +6,15 @@
 // herd cost the upstream exactly one copy of the blob, and that the targets j and k are rendered.
 // Kept apart from bench-smoke.test.ts: these scenarios take a minute or more by themselves.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
+import { runBench } from './helpers/run-bench.ts';
 import { DEFAULT_SCENARIOS, parseBenchArgs } from '../bench/options.ts';
 import { evaluateTargets } from '../bench/report.ts';
 import type { ScenarioResult } from '../bench/results-model.ts';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const RUN = path.join(ROOT, 'bench', 'run.ts');
 
 let out: string;
 before(async () => {
@@ -26,25 +23,6 @@ before(async () => {
 after(async () => {
   if (out) await rm(out, { recursive: true, force: true });
 });
-
-function runBench(args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', RUN, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr = (stderr + s).slice(-20_000)));
-    // SIGTERM lets the harness stop what it started; SIGKILL only if it does not.
-    const term = setTimeout(() => child.kill('SIGTERM'), timeoutMs);
-    const kill = setTimeout(() => child.kill('SIGKILL'), timeoutMs + 15_000);
-    child.once('error', reject);
-    child.once('close', (code) => {
-      clearTimeout(term);
-      clearTimeout(kill);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
 
 async function readResult(files: string[], scenario: string): Promise<ScenarioResult> {
   const file = files.find((f) => new RegExp(`^\\d{4}-\\d{2}-\\d{2}-${scenario}\\.json$`).test(f));

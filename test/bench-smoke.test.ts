@@ -4,7 +4,6 @@
 // blob clients (a wrong digest fails), the soak's trend test, options, stats, wrk parsing.
 // The soak itself is not run here (it is not a CI scenario).
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import http from 'node:http';
@@ -12,7 +11,7 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
+import { runBench } from './helpers/run-bench.ts';
 import { concurrentHashGets } from '../bench/hash-clients.ts';
 import { parseWrk } from '../bench/load-clients.ts';
 import { DEFAULT_SCENARIOS, parseBenchArgs } from '../bench/options.ts';
@@ -21,8 +20,6 @@ import type { ScenarioResult } from '../bench/results-model.ts';
 import { summarize } from '../bench/stats.ts';
 import { trendOf } from '../bench/trend.ts';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const RUN = path.join(ROOT, 'bench', 'run.ts');
 
 let out: string;
 before(async () => {
@@ -31,25 +28,6 @@ before(async () => {
 after(async () => {
   if (out) await rm(out, { recursive: true, force: true });
 });
-
-function runBench(args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', RUN, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr = (stderr + s).slice(-20_000)));
-    // SIGTERM lets the harness stop what it started; SIGKILL only if it does not.
-    const term = setTimeout(() => child.kill('SIGTERM'), timeoutMs);
-    const kill = setTimeout(() => child.kill('SIGKILL'), timeoutMs + 15_000);
-    child.once('error', reject);
-    child.once('close', (code) => {
-      clearTimeout(term);
-      clearTimeout(kill);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
 
 test('bench --smoke runs every scenario end to end and writes JSON, Markdown and SVG', { timeout: 180_000 }, async () => {
   const r = await runBench(['--smoke', '--out-dir', out], 150_000);
